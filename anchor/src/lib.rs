@@ -1,0 +1,1 @@
+//! Hallmark anchor (work in progress, see the issues).

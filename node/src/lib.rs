@@ -1,0 +1,1 @@
+//! The hallmark node library.

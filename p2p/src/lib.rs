@@ -1,0 +1,1 @@
+//! Hallmark p2p (work in progress, see the issues).

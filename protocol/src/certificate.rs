@@ -1,0 +1,341 @@
+//! Votes and quorum certificates.
+//!
+//! Voting on an event is two-phase (as in Tendermint, per (subject, height)): operators first
+//! *prevote* for an event; an operator that sees `m` prevotes for an event in a round *commits*
+//! to it (and is then locked on it); `m` commit votes form the [`Certificate`]. The second phase
+//! is what makes it safe to vote again in a later round when an (item, height) is stuck because
+//! the votes split between conflicting events (see `docs/consensus.md`).
+//!
+//! An operator does not sign votes one by one: it signs the Merkle root of a *batch* of votes,
+//! `tagged_hash(VOTE_BATCH, federation || root)`, where each leaf is
+//! `tagged_hash(VOTE_LEAF, event_hash || round || phase)`. One ECDSA signature thus covers any
+//! number of votes; a single vote is a batch of one (its root is its leaf, its path is empty).
+//!
+//! A [`Certificate`] for an event holds, from at least `m` distinct operators, that operator's
+//! batch signature and the path from the event's commit leaf to the batch root. Operators batch
+//! independently, so each attestation carries its own path.
+
+use serde::{Deserialize, Serialize};
+
+use crate::federation::Federation;
+use crate::hash::{tagged_hash, tags};
+use crate::ids::{EventHash, FederationId, MerkleRoot, OperatorId};
+use crate::keys::{Signature, SigningKey};
+use crate::merkle::{InclusionProof, MerkleError, Tree};
+
+/// Most votes one batch may carry.
+pub const MAX_BATCH_VOTES: usize = 8192;
+
+/// The two phases of a vote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Phase {
+    /// First phase: "this event is valid and the first I saw at its height in this round".
+    Prevote,
+    /// Second phase, after `m` prevotes: "I commit to this event". `m` of these certify it.
+    Commit,
+}
+
+impl Phase {
+    fn byte(self) -> u8 {
+        match self {
+            Self::Prevote => 0,
+            Self::Commit => 1,
+        }
+    }
+}
+
+/// One operator's vote for one event in one round and phase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Vote {
+    /// The event voted for.
+    pub event: EventHash,
+    /// The voting round at the event's (subject, height); 0 unless that height got stuck.
+    pub round: u32,
+    /// Prevote or commit.
+    pub phase: Phase,
+}
+
+impl Vote {
+    /// A commit vote: what certificates are made of.
+    pub fn commit(event: EventHash, round: u32) -> Self {
+        Self {
+            event,
+            round,
+            phase: Phase::Commit,
+        }
+    }
+
+    /// A prevote.
+    pub fn prevote(event: EventHash, round: u32) -> Self {
+        Self {
+            event,
+            round,
+            phase: Phase::Prevote,
+        }
+    }
+
+    /// The Merkle leaf of this vote.
+    pub fn leaf(&self) -> [u8; 32] {
+        tagged_hash(
+            tags::VOTE_LEAF,
+            &[
+                &self.event.0,
+                &self.round.to_be_bytes(),
+                &[self.phase.byte()],
+            ],
+        )
+    }
+}
+
+/// The digest an operator signs for a batch with this root.
+pub fn batch_digest(federation: FederationId, root: &MerkleRoot) -> [u8; 32] {
+    tagged_hash(tags::VOTE_BATCH, &[&federation.0, &root.0])
+}
+
+/// A signed batch of votes, as operators gossip them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchVote {
+    /// The signer.
+    pub operator: OperatorId,
+    /// The votes, in leaf order.
+    pub votes: Vec<Vote>,
+    /// Signature of [`batch_digest`] of the votes' Merkle root.
+    pub signature: Signature,
+}
+
+/// A batch whose signature has been checked, with its tree built, ready to hand out
+/// attestations.
+pub struct VerifiedBatch {
+    operator: OperatorId,
+    votes: Vec<Vote>,
+    tree: Tree,
+    signature: Signature,
+}
+
+impl BatchVote {
+    /// Signs `votes` as operator `key` of federation `federation`.
+    pub fn sign(
+        key: &SigningKey,
+        federation: FederationId,
+        votes: Vec<Vote>,
+    ) -> Result<VerifiedBatch, CertificateError> {
+        let tree = build_tree(&votes)?;
+        let signature = key.sign(&batch_digest(federation, &tree.root()));
+        Ok(VerifiedBatch {
+            operator: OperatorId::of(&key.public_key()),
+            votes,
+            tree,
+            signature,
+        })
+    }
+
+    /// Checks the batch: its signer is a member and signed this batch's root.
+    pub fn verify(self, federation: &Federation) -> Result<VerifiedBatch, CertificateError> {
+        let index = federation
+            .operator_index(&self.operator)
+            .ok_or(CertificateError::NotAMember(self.operator))?;
+        let tree = build_tree(&self.votes)?;
+        let key = federation
+            .operator(index)
+            .expect("operator_index returns valid indices")
+            .key;
+        key.verify(
+            &batch_digest(federation.id(), &tree.root()),
+            &self.signature,
+        )
+        .map_err(|_| CertificateError::BadSignature(self.operator))?;
+        Ok(VerifiedBatch {
+            operator: self.operator,
+            votes: self.votes,
+            tree,
+            signature: self.signature,
+        })
+    }
+}
+
+fn build_tree(votes: &[Vote]) -> Result<Tree, CertificateError> {
+    if votes.is_empty() || votes.len() > MAX_BATCH_VOTES {
+        return Err(CertificateError::BadBatchSize(votes.len()));
+    }
+    let leaves: Vec<[u8; 32]> = votes.iter().map(Vote::leaf).collect();
+    Tree::new(&leaves).map_err(|_| CertificateError::BadBatchSize(votes.len()))
+}
+
+impl VerifiedBatch {
+    /// The signer.
+    pub fn operator(&self) -> OperatorId {
+        self.operator
+    }
+
+    /// The votes.
+    pub fn votes(&self) -> &[Vote] {
+        &self.votes
+    }
+
+    /// The attestation for vote `index`.
+    pub fn attestation(&self, index: usize) -> Option<Attestation> {
+        Some(Attestation {
+            operator: self.operator,
+            path: self.tree.proof(u32::try_from(index).ok()?)?,
+            signature: self.signature,
+        })
+    }
+
+    /// The batch in its gossip form.
+    pub fn to_batch_vote(&self) -> BatchVote {
+        BatchVote {
+            operator: self.operator,
+            votes: self.votes.clone(),
+            signature: self.signature,
+        }
+    }
+}
+
+/// One operator's signed statement that it voted for an event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attestation {
+    /// The signer.
+    pub operator: OperatorId,
+    /// Path from the vote's leaf to the signed batch root.
+    pub path: InclusionProof,
+    /// The batch signature.
+    pub signature: Signature,
+}
+
+impl Attestation {
+    /// Checks this attestation for `vote` against the federation; returns the signer's index.
+    pub fn verify(&self, federation: &Federation, vote: &Vote) -> Result<usize, CertificateError> {
+        let index = federation
+            .operator_index(&self.operator)
+            .ok_or(CertificateError::NotAMember(self.operator))?;
+        let root = self
+            .path
+            .root(&vote.leaf())
+            .map_err(|e| CertificateError::BadPath(self.operator, e))?;
+        let key = federation
+            .operator(index)
+            .expect("operator_index returns valid indices")
+            .key;
+        key.verify(&batch_digest(federation.id(), &root), &self.signature)
+            .map_err(|_| CertificateError::BadSignature(self.operator))?;
+        Ok(index)
+    }
+}
+
+/// Proof that a quorum of the federation committed to an event: `m` commit votes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Certificate {
+    /// The event.
+    pub event: EventHash,
+    /// The round it was certified in.
+    pub round: u32,
+    /// At least `m` attestations from distinct members, ordered by operator index.
+    pub attestations: Vec<Attestation>,
+}
+
+impl Certificate {
+    /// Builds a certificate from attestations of the commit vote `vote` (already verified by
+    /// the caller), keeping the
+    /// `m` of lowest operator index so that every operator that holds the same attestations
+    /// builds byte-identical certificates.
+    pub fn assemble(
+        federation: &Federation,
+        vote: Vote,
+        attestations: impl IntoIterator<Item = Attestation>,
+    ) -> Result<Self, CertificateError> {
+        let mut by_index: Vec<(usize, Attestation)> = attestations
+            .into_iter()
+            .filter_map(|a| federation.operator_index(&a.operator).map(|i| (i, a)))
+            .collect();
+        by_index.sort_by_key(|(i, _)| *i);
+        by_index.dedup_by_key(|(i, _)| *i);
+        debug_assert_eq!(vote.phase, Phase::Commit, "certificates hold commit votes");
+        let need = federation.quorum().m() as usize;
+        if by_index.len() < need {
+            return Err(CertificateError::TooFewSignatures {
+                have: by_index.len(),
+                need,
+            });
+        }
+        Ok(Self {
+            event: vote.event,
+            round: vote.round,
+            attestations: by_index.into_iter().take(need).map(|(_, a)| a).collect(),
+        })
+    }
+
+    /// Verifies the certificate: every attestation a commit vote from a distinct member with
+    /// a valid path and signature, and at least `m` of them. Any bad attestation rejects the whole
+    /// certificate.
+    pub fn verify(&self, federation: &Federation) -> Result<(), CertificateError> {
+        let vote = Vote::commit(self.event, self.round);
+        let mut seen = vec![false; federation.operator_ids().len()];
+        for a in &self.attestations {
+            let index = federation
+                .operator_index(&a.operator)
+                .ok_or(CertificateError::NotAMember(a.operator))?;
+            if std::mem::replace(&mut seen[index], true) {
+                return Err(CertificateError::DuplicateSigner(a.operator));
+            }
+            a.verify(federation, &vote)?;
+        }
+        let need = federation.quorum().m() as usize;
+        if self.attestations.len() < need {
+            return Err(CertificateError::TooFewSignatures {
+                have: self.attestations.len(),
+                need,
+            });
+        }
+        Ok(())
+    }
+
+    /// Operator indices of the signers, in the certificate's order.
+    pub fn signer_indices(&self, federation: &Federation) -> Vec<Option<usize>> {
+        self.attestations
+            .iter()
+            .map(|a| federation.operator_index(&a.operator))
+            .collect()
+    }
+}
+
+/// Why a vote batch, attestation or certificate is not valid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CertificateError {
+    /// Signer not in the federation.
+    #[error("operator {0} is not a member of the federation")]
+    NotAMember(OperatorId),
+    /// One operator counted twice.
+    #[error("operator {0} signed more than once")]
+    DuplicateSigner(OperatorId),
+    /// Signature does not verify.
+    #[error("bad signature from operator {0}")]
+    BadSignature(OperatorId),
+    /// Malformed path to the batch root.
+    #[error("bad batch path from operator {0}: {1}")]
+    BadPath(OperatorId, MerkleError),
+    /// Below the threshold.
+    #[error("{have} signatures, the quorum needs {need}")]
+    TooFewSignatures {
+        /// Valid distinct signatures.
+        have: usize,
+        /// Threshold.
+        need: usize,
+    },
+    /// Empty or oversized batch.
+    #[error("a vote batch needs 1..={MAX_BATCH_VOTES} votes, not {0}")]
+    BadBatchSize(usize),
+}
+
+impl CertificateError {
+    /// Stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NotAMember(_) => "not_a_member",
+            Self::DuplicateSigner(_) => "duplicate_signer",
+            Self::BadSignature(_) => "bad_operator_signature",
+            Self::BadPath(..) => "bad_batch_path",
+            Self::TooFewSignatures { .. } => "too_few_signatures",
+            Self::BadBatchSize(_) => "bad_batch_size",
+        }
+    }
+}

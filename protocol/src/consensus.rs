@@ -1,0 +1,369 @@
+//! Agreement on one *slot* — a (subject, height) — among the federation's operators: two-phase
+//! voting with rounds and locks, in the style of Tendermint but with the client's submission as
+//! the proposal. Pure: the node feeds it candidates, votes and timeouts and carries out the
+//! [`Action`]s it returns. See `docs/consensus.md` for the argument.
+//!
+//! Rules for this operator's own votes (what [`OwnVotes`] records durably before any vote leaves
+//! the process):
+//! - at most one prevote and at most one commit per round;
+//! - a prevote only for an event it validated itself (a *candidate*): in round 0 the first
+//!   candidate it saw; in later rounds the event of its lock or of the latest polka it saw
+//!   (whichever is from the later round), else the candidate with the lowest hash;
+//! - a commit for `e` in round `r` only after `m` prevotes for `e` in `r` (a *polka*), and only if
+//!   it is not locked on another event from round `r` or later; committing locks it on `e`.
+//!
+//! Safety: if `e` is certified (`m` commits) in round `r`, at least `m - f` honest operators are
+//! locked on `e`; in every later round they prevote `e` until a polka for another event appears,
+//! which would need `m` prevotes from at most `n - (m - f)` operators: impossible since
+//! `2m - n > f`. So no other event ever gets a polka, a commit from an honest operator, or a
+//! certificate.
+//!
+//! Liveness: a round in which no event can still reach `m` prevotes (the votes split) is left
+//! at once; a round that stalls otherwise is left on timeout; in later rounds unlocked operators
+//! all prevote the same deterministic choice.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::certificate::{Phase, Vote};
+use crate::ids::EventHash;
+
+/// The federation's numbers, as a slot needs them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotConfig {
+    /// Quorum threshold.
+    pub m: usize,
+    /// Operators.
+    pub n: usize,
+    /// Faulty operators tolerated.
+    pub f: usize,
+}
+
+/// This operator's votes at one slot: persisted before any of them is sent, and reloaded on
+/// restart so that it never votes twice in a round.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnVotes {
+    /// (round, event) prevotes, in order.
+    pub prevotes: Vec<(u32, EventHash)>,
+    /// (round, event) commits, in order.
+    pub commits: Vec<(u32, EventHash)>,
+}
+
+impl OwnVotes {
+    fn prevoted(&self, round: u32) -> Option<EventHash> {
+        self.prevotes
+            .iter()
+            .find(|(r, _)| *r == round)
+            .map(|(_, e)| *e)
+    }
+
+    fn committed(&self, round: u32) -> Option<EventHash> {
+        self.commits
+            .iter()
+            .find(|(r, _)| *r == round)
+            .map(|(_, e)| *e)
+    }
+
+    /// The lock: the event of the latest commit, with its round.
+    pub fn lock(&self) -> Option<(EventHash, u32)> {
+        self.commits
+            .iter()
+            .max_by_key(|(r, _)| *r)
+            .map(|(r, e)| (*e, *r))
+    }
+
+    /// The highest round voted in.
+    pub fn last_round(&self) -> u32 {
+        self.prevotes
+            .iter()
+            .chain(&self.commits)
+            .map(|(r, _)| *r)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// What the node must do next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Persist [`Slot::own`], then sign and send this vote.
+    Vote(Vote),
+    /// `m` commits for `event` in `round`: the event is certified.
+    Decide {
+        /// The event.
+        event: EventHash,
+        /// The round.
+        round: u32,
+    },
+    /// An operator voted for two different events in one round and phase.
+    Equivocation {
+        /// The operator's index.
+        operator: usize,
+        /// Its first vote seen.
+        first: Vote,
+        /// The conflicting one.
+        second: Vote,
+    },
+}
+
+/// One slot's agreement state at one operator.
+#[derive(Clone, Debug)]
+pub struct Slot {
+    cfg: SlotConfig,
+    me: Option<usize>,
+    round: u32,
+    own: OwnVotes,
+    candidates: BTreeSet<EventHash>,
+    first_seen: Option<EventHash>,
+    /// (round, phase) -> operator -> events it voted for.
+    votes: BTreeMap<(u32, Phase), BTreeMap<usize, BTreeSet<EventHash>>>,
+    polka: Option<(EventHash, u32)>,
+    decided: Option<(EventHash, u32)>,
+}
+
+impl Slot {
+    /// A slot at operator `me` (`None` for a node that only watches), resuming from its
+    /// persisted votes.
+    pub fn new(cfg: SlotConfig, me: Option<usize>, own: OwnVotes) -> Self {
+        let mut slot = Self {
+            cfg,
+            me,
+            round: own.last_round(),
+            own: OwnVotes::default(),
+            candidates: BTreeSet::new(),
+            first_seen: None,
+            votes: BTreeMap::new(),
+            polka: None,
+            decided: None,
+        };
+        if let Some(me) = me {
+            for (r, e) in &own.prevotes {
+                slot.record(me, Vote::prevote(*e, *r));
+            }
+            for (r, e) in &own.commits {
+                slot.record(me, Vote::commit(*e, *r));
+            }
+        }
+        slot.own = own;
+        slot
+    }
+
+    fn record(&mut self, operator: usize, vote: Vote) -> Option<Action> {
+        let events = self
+            .votes
+            .entry((vote.round, vote.phase))
+            .or_default()
+            .entry(operator)
+            .or_default();
+        if events.contains(&vote.event) {
+            return None;
+        }
+        let first = events.iter().next().copied();
+        events.insert(vote.event);
+        first.map(|first| Action::Equivocation {
+            operator,
+            first: Vote {
+                event: first,
+                ..vote
+            },
+            second: vote,
+        })
+    }
+
+    fn cast(&mut self, vote: Vote, actions: &mut Vec<Action>) {
+        match vote.phase {
+            Phase::Prevote => self.own.prevotes.push((vote.round, vote.event)),
+            Phase::Commit => self.own.commits.push((vote.round, vote.event)),
+        }
+        if let Some(me) = self.me {
+            self.record(me, vote);
+        }
+        actions.push(Action::Vote(vote));
+    }
+
+    /// The current round.
+    pub fn round(&self) -> u32 {
+        self.round
+    }
+
+    /// This operator's votes (persist before sending any [`Action::Vote`]).
+    pub fn own(&self) -> &OwnVotes {
+        &self.own
+    }
+
+    /// The decision, once `m` commits are seen.
+    pub fn decided(&self) -> Option<(EventHash, u32)> {
+        self.decided
+    }
+
+    /// Events validated at this slot.
+    pub fn candidates(&self) -> &BTreeSet<EventHash> {
+        &self.candidates
+    }
+
+    /// Operators (indices) whose `phase` votes for `event` in `round` were seen.
+    pub fn voters(&self, round: u32, phase: Phase, event: &EventHash) -> Vec<usize> {
+        self.votes
+            .get(&(round, phase))
+            .map(|by_op| {
+                by_op
+                    .iter()
+                    .filter(|(_, es)| es.contains(event))
+                    .map(|(op, _)| *op)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// An event this operator validated for this slot.
+    pub fn add_candidate(&mut self, event: EventHash) -> Vec<Action> {
+        self.candidates.insert(event);
+        self.first_seen.get_or_insert(event);
+        self.step(Vec::new())
+    }
+
+    /// A vote by operator `operator` (already verified).
+    pub fn add_vote(&mut self, operator: usize, vote: Vote) -> Vec<Action> {
+        if Some(operator) == self.me {
+            // Our own votes come from `own`; an echo of them changes nothing.
+            return Vec::new();
+        }
+        let actions = self.record(operator, vote).into_iter().collect();
+        self.step(actions)
+    }
+
+    /// The node's round timer fired. The round is left only if a quorum of operators has
+    /// prevoted in it without a decision: so no operator can run ahead of the others alone
+    /// (one that did would wait in a round nobody else reaches), which is what lets all honest
+    /// operators meet in one round once messages flow.
+    pub fn on_timeout(&mut self) -> Vec<Action> {
+        let quorum_prevoted = self
+            .votes
+            .get(&(self.round, Phase::Prevote))
+            .is_some_and(|by_op| by_op.len() >= self.cfg.m);
+        if self.decided.is_none() && quorum_prevoted {
+            self.round += 1;
+        }
+        self.step(Vec::new())
+    }
+
+    /// A valid certificate for `event` arrived from elsewhere.
+    pub fn set_decided(&mut self, event: EventHash, round: u32) {
+        self.decided.get_or_insert((event, round));
+    }
+
+    fn step(&mut self, mut actions: Vec<Action>) -> Vec<Action> {
+        loop {
+            if self.decided.is_some() {
+                return actions;
+            }
+            // A certificate: m commits for one event in one round.
+            let decided = self.votes.iter().find_map(|((r, phase), by_op)| {
+                (*phase == Phase::Commit)
+                    .then(|| tally(by_op).into_iter().find(|(_, c)| *c >= self.cfg.m))
+                    .flatten()
+                    .map(|(e, _)| (e, *r))
+            });
+            if let Some((event, round)) = decided {
+                self.decided = Some((event, round));
+                actions.push(Action::Decide { event, round });
+                return actions;
+            }
+            // Remember the latest polka.
+            for ((r, phase), by_op) in &self.votes {
+                if *phase != Phase::Prevote || self.polka.is_some_and(|(_, pr)| pr >= *r) {
+                    continue;
+                }
+                if let Some((e, _)) = tally(by_op).into_iter().find(|(_, c)| *c >= self.cfg.m) {
+                    self.polka = Some((e, *r));
+                }
+            }
+            // Catch up with a later round that f + 1 operators (so one honest) are in.
+            let later = self
+                .votes
+                .iter()
+                .filter(|((r, _), _)| *r > self.round)
+                .fold(
+                    BTreeMap::<u32, BTreeSet<usize>>::new(),
+                    |mut acc, ((r, _), by_op)| {
+                        acc.entry(*r).or_default().extend(by_op.keys());
+                        acc
+                    },
+                )
+                .into_iter()
+                .filter(|(_, ops)| ops.len() > self.cfg.f)
+                .map(|(r, _)| r)
+                .max();
+            if let Some(r) = later {
+                self.round = r;
+                continue;
+            }
+            let round = self.round;
+            // Prevote.
+            if self.own.prevoted(round).is_none() {
+                if let Some(e) = self.prevote_choice() {
+                    self.cast(Vote::prevote(e, round), &mut actions);
+                    continue;
+                }
+            }
+            // Commit after a polka in this round.
+            if self.own.committed(round).is_none() {
+                if let Some((e, r)) = self.polka.filter(|(_, r)| *r == round) {
+                    let lock_allows = self.own.lock().is_none_or(|(le, lr)| le == e || lr < r);
+                    if lock_allows && self.candidates.contains(&e) {
+                        self.cast(Vote::commit(e, round), &mut actions);
+                        continue;
+                    }
+                }
+            }
+            // Leave a round whose prevotes split so that no event can reach m.
+            if self.own.prevoted(round).is_some() && self.prevotes_split(round) {
+                self.round += 1;
+                continue;
+            }
+            return actions;
+        }
+    }
+
+    fn prevote_choice(&self) -> Option<EventHash> {
+        let lock = self.own.lock();
+        let preferred = match (lock, self.polka) {
+            (Some((le, lr)), Some((pe, pr))) => Some(if pr > lr { pe } else { le }),
+            (Some((le, _)), None) => Some(le),
+            (None, Some((pe, _))) => Some(pe),
+            (None, None) => None,
+        };
+        if let Some(e) = preferred {
+            // Locked or polka'd: that event or nothing (wait until it is known and valid).
+            return self.candidates.contains(&e).then_some(e);
+        }
+        if self.round == 0 {
+            self.first_seen
+        } else {
+            self.candidates.iter().next().copied()
+        }
+    }
+
+    fn prevotes_split(&self, round: u32) -> bool {
+        let Some(by_op) = self.votes.get(&(round, Phase::Prevote)) else {
+            return false;
+        };
+        let missing = self.cfg.n.saturating_sub(by_op.len());
+        let best = tally(by_op).into_iter().map(|(_, c)| c).max().unwrap_or(0);
+        best + missing < self.cfg.m
+    }
+}
+
+fn tally(by_op: &BTreeMap<usize, BTreeSet<EventHash>>) -> Vec<(EventHash, usize)> {
+    let mut counts: BTreeMap<EventHash, usize> = BTreeMap::new();
+    for es in by_op.values() {
+        for e in es {
+            *counts.entry(*e).or_default() += 1;
+        }
+    }
+    counts.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests;

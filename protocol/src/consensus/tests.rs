@@ -1,0 +1,251 @@
+use super::*;
+use proptest::prelude::*;
+
+const CFG: SlotConfig = SlotConfig { m: 3, n: 4, f: 1 };
+const A: EventHash = EventHash([0xaa; 32]);
+const B: EventHash = EventHash([0xbb; 32]);
+
+/// A network of honest operators `0..honest` (and, optionally, operator 3 as a Byzantine one
+/// driven by the test), delivering votes from a queue. Like gossipsub, an honest operator
+/// forwards every vote it sees for the first time to the others.
+struct Net {
+    slots: Vec<Slot>,
+    seen: Vec<BTreeSet<(usize, EventHash, u32, Phase)>>,
+    queue: Vec<(usize, usize, Vote)>,
+    decisions: Vec<Option<(EventHash, u32)>>,
+    equivocations: usize,
+}
+
+impl Net {
+    fn new(honest: usize) -> Self {
+        Self {
+            slots: (0..honest)
+                .map(|i| Slot::new(CFG, Some(i), OwnVotes::default()))
+                .collect(),
+            seen: vec![BTreeSet::new(); honest],
+            queue: Vec::new(),
+            decisions: vec![None; honest],
+            equivocations: 0,
+        }
+    }
+
+    fn handle(&mut self, i: usize, actions: Vec<Action>) {
+        for a in actions {
+            match a {
+                Action::Vote(v) => {
+                    for j in 0..CFG.n {
+                        if j != i {
+                            self.queue.push((j, i, v));
+                        }
+                    }
+                }
+                Action::Decide { event, round } => {
+                    assert!(self.decisions[i].is_none(), "decided twice");
+                    self.decisions[i] = Some((event, round));
+                }
+                Action::Equivocation { .. } => self.equivocations += 1,
+            }
+        }
+    }
+
+    fn candidate(&mut self, i: usize, e: EventHash) {
+        let a = self.slots[i].add_candidate(e);
+        self.handle(i, a);
+    }
+
+    fn deliver(&mut self, k: usize) {
+        let (to, from, v) = self.queue.remove(k);
+        if to < self.slots.len() && self.seen[to].insert((from, v.event, v.round, v.phase)) {
+            for j in 0..CFG.n {
+                if j != to && j != from {
+                    self.queue.push((j, from, v));
+                }
+            }
+            let a = self.slots[to].add_vote(from, v);
+            self.handle(to, a);
+        }
+    }
+
+    fn timeout(&mut self, i: usize) {
+        let a = self.slots[i].on_timeout();
+        self.handle(i, a);
+    }
+
+    fn drain(&mut self) {
+        while !self.queue.is_empty() {
+            self.deliver(0);
+        }
+    }
+}
+
+#[test]
+fn happy_path_decides_in_round_zero() {
+    let mut net = Net::new(4);
+    for i in 0..4 {
+        net.candidate(i, A);
+    }
+    net.drain();
+    assert!(
+        net.decisions.iter().all(|d| *d == Some((A, 0))),
+        "{:?}",
+        net.decisions
+    );
+    for s in &net.slots {
+        assert_eq!(s.own().prevotes, vec![(0, A)]);
+        assert_eq!(s.own().commits, vec![(0, A)]);
+    }
+}
+
+#[test]
+fn an_operator_down_does_not_stop_three_of_four() {
+    let mut net = Net::new(3);
+    for i in 0..3 {
+        net.candidate(i, A);
+    }
+    net.drain();
+    assert!(net.decisions.iter().all(|d| *d == Some((A, 0))));
+}
+
+#[test]
+fn split_votes_from_an_equivocating_owner_are_resolved_in_a_later_round() {
+    // The owner sent A to operators 0 and 1 and B to 2 and 3 at the same moment.
+    let mut net = Net::new(4);
+    net.candidate(0, A);
+    net.candidate(1, A);
+    net.candidate(2, B);
+    net.candidate(3, B);
+    // Then each learns the other event (gossip), and all votes are delivered.
+    for i in 0..4 {
+        net.candidate(i, if i < 2 { B } else { A });
+    }
+    net.drain();
+    // Round 0 split 2/2, nobody could commit; round 1 every operator prevoted min(A, B) = A.
+    assert!(
+        net.decisions.iter().all(|d| *d == Some((A, 1))),
+        "{:?}",
+        net.decisions
+    );
+    assert_eq!(
+        net.equivocations, 0,
+        "changing votes across rounds is not equivocation"
+    );
+}
+
+#[test]
+fn restart_never_votes_twice_in_a_round() {
+    let mut s = Slot::new(CFG, Some(0), OwnVotes::default());
+    let a = s.add_candidate(A);
+    assert_eq!(a, vec![Action::Vote(Vote::prevote(A, 0))]);
+    let saved = s.own().clone();
+    // Restart: the slot is rebuilt from disk; B arrives first this time.
+    let mut s = Slot::new(CFG, Some(0), saved);
+    assert_eq!(s.add_candidate(B), vec![]);
+    assert_eq!(s.add_candidate(A), vec![]);
+    assert_eq!(s.own().prevotes, vec![(0, A)]);
+}
+
+#[test]
+fn a_locked_operator_keeps_prevoting_its_lock() {
+    let mut s = Slot::new(CFG, Some(0), OwnVotes::default());
+    s.add_candidate(B);
+    s.add_candidate(A);
+    // Round 0: polka for B (0, 1, 2), so 0 commits B and locks.
+    s.add_vote(1, Vote::prevote(B, 0));
+    let a = s.add_vote(2, Vote::prevote(B, 0));
+    assert_eq!(a, vec![Action::Vote(Vote::commit(B, 0))]);
+    assert_eq!(s.own().lock(), Some((B, 0)));
+    // The round stalls; in round 1 it prevotes B again, not the lower hash A.
+    let a = s.on_timeout();
+    assert_eq!(a, vec![Action::Vote(Vote::prevote(B, 1))]);
+}
+
+#[test]
+fn equivocating_operators_are_reported() {
+    let mut s = Slot::new(CFG, Some(0), OwnVotes::default());
+    assert_eq!(s.add_vote(2, Vote::prevote(A, 0)), vec![]);
+    let a = s.add_vote(2, Vote::prevote(B, 0));
+    assert_eq!(
+        a,
+        vec![Action::Equivocation {
+            operator: 2,
+            first: Vote::prevote(A, 0),
+            second: Vote::prevote(B, 0)
+        }]
+    );
+}
+
+#[test]
+fn catches_up_with_a_later_round() {
+    let mut s = Slot::new(CFG, Some(0), OwnVotes::default());
+    s.add_candidate(A);
+    // Two operators (f + 1) are already in round 3.
+    s.add_vote(1, Vote::prevote(A, 3));
+    let a = s.add_vote(2, Vote::prevote(A, 3));
+    assert_eq!(s.round(), 3);
+    assert!(a.contains(&Action::Vote(Vote::prevote(A, 3))));
+}
+
+#[derive(Clone, Debug)]
+enum Step {
+    Deliver(usize),
+    Timeout(usize),
+    Byzantine { to: usize, vote: (bool, u32, bool) },
+}
+
+fn arb_step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        6 => any::<usize>().prop_map(Step::Deliver),
+        1 => (0usize..3).prop_map(Step::Timeout),
+        2 => ((0usize..3), (any::<bool>(), 0u32..4, any::<bool>())).prop_map(|(to, vote)| Step::Byzantine { to, vote }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    /// Three honest operators and one Byzantine one that sends any votes it likes (for A or B,
+    /// any round, either phase, different ones to different operators); the honest ones see the
+    /// two conflicting events in any order; messages arrive in any order with timeouts anywhere.
+    /// Safety: no two honest operators decide differently. Liveness: once messages flow and
+    /// rounds time out, every honest operator decides.
+    #[test]
+    fn at_most_one_event_is_decided(orders in prop::collection::vec(any::<bool>(), 3), steps in prop::collection::vec(arb_step(), 0..200)) {
+        let mut net = Net::new(3);
+        for (i, a_first) in orders.iter().enumerate() {
+            let (x, y) = if *a_first { (A, B) } else { (B, A) };
+            net.candidate(i, x);
+            net.candidate(i, y);
+        }
+        for step in steps {
+            match step {
+                Step::Deliver(k) if !net.queue.is_empty() => net.deliver(k % net.queue.len()),
+                Step::Deliver(_) => {}
+                Step::Timeout(i) => net.timeout(i),
+                Step::Byzantine { to, vote: (a, round, commit) } => {
+                    let e = if a { A } else { B };
+                    let v = if commit { Vote::commit(e, round) } else { Vote::prevote(e, round) };
+                    net.queue.push((to, 3, v));
+                }
+            }
+        }
+        for _ in 0..30 {
+            net.drain();
+            if net.decisions.iter().all(Option::is_some) {
+                break;
+            }
+            for i in 0..3 {
+                net.timeout(i);
+            }
+        }
+        net.drain();
+        let decided: BTreeSet<EventHash> = net.decisions.iter().flatten().map(|(e, _)| *e).collect();
+        prop_assert!(decided.len() <= 1, "conflicting decisions {:?}", net.decisions);
+        prop_assert!(net.decisions.iter().all(Option::is_some), "not live: {:?}", net.decisions);
+        for s in &net.slots {
+            let rounds: BTreeSet<u32> = s.own().prevotes.iter().map(|(r, _)| *r).collect();
+            prop_assert_eq!(rounds.len(), s.own().prevotes.len(), "two prevotes in one round");
+            let rounds: BTreeSet<u32> = s.own().commits.iter().map(|(r, _)| *r).collect();
+            prop_assert_eq!(rounds.len(), s.own().commits.len(), "two commits in one round");
+        }
+    }
+}

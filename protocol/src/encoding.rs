@@ -1,0 +1,90 @@
+//! Canonical encoding: postcard over serde. The canonical bytes of a value are
+//! `postcard::to_allocvec(value)`; decoding untrusted bytes accepts only canonical input (no
+//! trailing bytes, no alternative varint forms), so bytes and values correspond one to one.
+
+use serde::{de::DeserializeOwned, Serialize};
+
+/// Largest message any decoder of untrusted bytes accepts.
+pub const MAX_DECODE_LEN: usize = 4 * 1024 * 1024;
+
+/// The canonical bytes of a value.
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serializing our own types into a Vec cannot fail: no maps with non-string keys, no
+    // unbounded sequences of unknown length.
+    postcard::to_allocvec(value).expect("postcard serialization of protocol types is infallible")
+}
+
+/// Decodes canonical bytes; anything that does not re-encode to exactly `bytes` is rejected.
+pub fn decode<T: Serialize + DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    if bytes.len() > MAX_DECODE_LEN {
+        return Err(DecodeError::TooLarge {
+            len: bytes.len(),
+            max: MAX_DECODE_LEN,
+        });
+    }
+    let (value, rest): (T, &[u8]) =
+        postcard::take_from_bytes(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(DecodeError::TrailingBytes(rest.len()));
+    }
+    if encode(&value) != bytes {
+        return Err(DecodeError::NonCanonical);
+    }
+    Ok(value)
+}
+
+/// Why bytes were not a value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Larger than any valid message.
+    #[error("message of {len} bytes exceeds the limit of {max}")]
+    TooLarge {
+        /// Bytes given.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Postcard could not decode it.
+    #[error("malformed encoding: {0}")]
+    Malformed(String),
+    /// Bytes left over after the value.
+    #[error("{0} trailing bytes after the value")]
+    TrailingBytes(usize),
+    /// Decodes, but is not the canonical encoding of what it decodes to.
+    #[error("non-canonical encoding")]
+    NonCanonical,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_trailing_and_overlong_varints() {
+        let bytes = encode(&(300u64, 5u8));
+        assert_eq!(decode::<(u64, u8)>(&bytes), Ok((300, 5)));
+        let mut trailing = bytes;
+        trailing.push(0);
+        assert_eq!(
+            decode::<(u64, u8)>(&trailing),
+            Err(DecodeError::TrailingBytes(1))
+        );
+        // 5 encoded as a two-byte varint (0x85 0x00) instead of 0x05.
+        let overlong = [0x85u8, 0x00, 0x05];
+        assert!(decode::<(u64, u8)>(&overlong).is_err());
+    }
+
+    #[test]
+    fn rejects_truncated_and_oversize() {
+        let bytes = encode(&(u64::MAX, 1u8));
+        assert!(matches!(
+            decode::<(u64, u8)>(&bytes[..bytes.len() - 2]),
+            Err(DecodeError::Malformed(_))
+        ));
+        let big = vec![0u8; MAX_DECODE_LEN + 1];
+        assert!(matches!(
+            decode::<Vec<u8>>(&big),
+            Err(DecodeError::TooLarge { .. })
+        ));
+    }
+}

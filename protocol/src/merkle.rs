@@ -1,0 +1,278 @@
+//! Merkle trees over Hallmark hashes, built and proven with rs_merkle.
+//!
+//! Interior nodes are `tagged_hash(MERKLE_NODE, left || right)`; an odd last node is promoted
+//! unchanged to the next level (rs_merkle's rule; Bitcoin instead duplicates it, so Bitcoin's own
+//! transaction trees use `bitcoin::merkle_tree`). Leaves are already hashes of their own
+//! domains, so no leaf can be mistaken for an interior node.
+
+use rs_merkle::{Hasher, MerkleProof, MerkleTree};
+use serde::{Deserialize, Serialize};
+
+use crate::hash::{tagged_hash, tags};
+use crate::ids::MerkleRoot;
+
+/// Most leaves in one tree (vote batches and checkpoints are far smaller).
+pub const MAX_LEAVES: u32 = 1 << 24;
+
+/// rs_merkle hasher with Hallmark's tagged interior nodes.
+#[derive(Clone, Copy, Debug)]
+pub struct NodeHasher;
+
+impl Hasher for NodeHasher {
+    type Hash = [u8; 32];
+
+    fn hash(data: &[u8]) -> [u8; 32] {
+        tagged_hash(tags::MERKLE_NODE, &[data])
+    }
+}
+
+/// Which side a sibling is on, walking from a leaf up to the root.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Sibling on the left: parent = H(sibling || node).
+    Left,
+    /// Sibling on the right: parent = H(node || sibling).
+    Right,
+    /// No sibling (odd last node): promoted unchanged.
+    Promote,
+}
+
+/// The shape of the path from leaf `index` of a `total`-leaf tree to the root.
+/// `None` when `index >= total` or the tree is empty or too large.
+pub fn path_shape(index: u32, total: u32) -> Option<Vec<Step>> {
+    if total == 0 || index >= total || total > MAX_LEAVES {
+        return None;
+    }
+    let (mut i, mut count) = (index, total);
+    let mut steps = Vec::new();
+    while count > 1 {
+        steps.push(if i % 2 == 1 {
+            Step::Left
+        } else if i + 1 < count {
+            Step::Right
+        } else {
+            Step::Promote
+        });
+        i /= 2;
+        count = count.div_ceil(2);
+    }
+    Some(steps)
+}
+
+/// The proof that a leaf is at `index` of a tree of `total` leaves.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InclusionProof {
+    /// Position of the leaf.
+    pub index: u32,
+    /// Leaves in the tree.
+    pub total: u32,
+    /// Sibling hashes from the leaf up (promotions have none).
+    pub siblings: Vec<MerkleRoot>,
+}
+
+impl InclusionProof {
+    /// The root this proof leads to from `leaf`. Rejects malformed proofs (index out of range,
+    /// too few or too many siblings) before handing the rest to rs_merkle.
+    pub fn root(&self, leaf: &[u8; 32]) -> Result<MerkleRoot, MerkleError> {
+        let shape = path_shape(self.index, self.total).ok_or(MerkleError::BadPosition {
+            index: self.index,
+            total: self.total,
+        })?;
+        let needed = shape.iter().filter(|s| **s != Step::Promote).count();
+        if needed != self.siblings.len() {
+            return Err(MerkleError::WrongSiblingCount {
+                needed,
+                got: self.siblings.len(),
+            });
+        }
+        let proof = MerkleProof::<NodeHasher>::new(self.siblings.iter().map(|s| s.0).collect());
+        proof
+            .root(&[self.index as usize], &[*leaf], self.total as usize)
+            .map(MerkleRoot)
+            .map_err(|_| MerkleError::Unprovable)
+    }
+
+    /// Whether `leaf` is included under `root`.
+    pub fn verify(&self, leaf: &[u8; 32], root: &MerkleRoot) -> Result<(), MerkleError> {
+        if self.root(leaf)? == *root {
+            Ok(())
+        } else {
+            Err(MerkleError::RootMismatch)
+        }
+    }
+}
+
+/// A built tree.
+pub struct Tree {
+    inner: MerkleTree<NodeHasher>,
+    total: u32,
+}
+
+impl Tree {
+    /// Builds the tree of `leaves` (at least one, at most [`MAX_LEAVES`]).
+    pub fn new(leaves: &[[u8; 32]]) -> Result<Self, MerkleError> {
+        if leaves.is_empty() || leaves.len() > MAX_LEAVES as usize {
+            return Err(MerkleError::BadLeafCount(leaves.len()));
+        }
+        Ok(Self {
+            inner: MerkleTree::from_leaves(leaves),
+            total: leaves.len() as u32,
+        })
+    }
+
+    /// The root.
+    pub fn root(&self) -> MerkleRoot {
+        MerkleRoot(
+            self.inner
+                .root()
+                .expect("a tree built from at least one leaf has a root"),
+        )
+    }
+
+    /// Leaves in the tree.
+    pub fn len(&self) -> u32 {
+        self.total
+    }
+
+    /// Never true: a tree has at least one leaf.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The inclusion proof of leaf `index`.
+    pub fn proof(&self, index: u32) -> Option<InclusionProof> {
+        if index >= self.total {
+            return None;
+        }
+        let p = self.inner.proof(&[index as usize]);
+        Some(InclusionProof {
+            index,
+            total: self.total,
+            siblings: p.proof_hashes().iter().map(|h| MerkleRoot(*h)).collect(),
+        })
+    }
+}
+
+/// Why a Merkle proof failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MerkleError {
+    /// Index not inside the tree.
+    #[error("leaf {index} is not inside a tree of {total} leaves")]
+    BadPosition {
+        /// Index claimed.
+        index: u32,
+        /// Tree size claimed.
+        total: u32,
+    },
+    /// The path needs a different number of siblings.
+    #[error("proof has {got} sibling hashes, the path needs {needed}")]
+    WrongSiblingCount {
+        /// Siblings the path needs.
+        needed: usize,
+        /// Siblings given.
+        got: usize,
+    },
+    /// rs_merkle could not compute a root.
+    #[error("proof does not determine a root")]
+    Unprovable,
+    /// The proof leads to another root.
+    #[error("proof leads to a different root")]
+    RootMismatch,
+    /// Zero or too many leaves.
+    #[error("a tree needs 1..={MAX_LEAVES} leaves, not {0}")]
+    BadLeafCount(usize),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hash::sha256;
+    use proptest::prelude::*;
+
+    fn leaves(n: u32) -> Vec<[u8; 32]> {
+        (0..n).map(|i| sha256(&i.to_be_bytes())).collect()
+    }
+
+    /// Recomputes the root by walking [`path_shape`] by hand: what an OpenTimestamps path does.
+    fn walk(leaf: [u8; 32], proof: &InclusionProof) -> [u8; 32] {
+        let mut node = leaf;
+        let mut sib = proof.siblings.iter();
+        for step in path_shape(proof.index, proof.total).unwrap() {
+            node = match step {
+                Step::Left => NodeHasher::hash(&[sib.next().unwrap().0, node].concat()),
+                Step::Right => NodeHasher::hash(&[node, sib.next().unwrap().0].concat()),
+                Step::Promote => node,
+            };
+        }
+        node
+    }
+
+    #[test]
+    fn single_leaf_is_its_own_root() {
+        let l = leaves(1);
+        let t = Tree::new(&l).unwrap();
+        assert_eq!(t.root().0, l[0]);
+        let p = t.proof(0).unwrap();
+        assert!(p.siblings.is_empty());
+        assert_eq!(p.verify(&l[0], &t.root()), Ok(()));
+    }
+
+    #[test]
+    fn three_leaves_promote_the_last() {
+        let l = leaves(3);
+        let t = Tree::new(&l).unwrap();
+        let ab = NodeHasher::hash(&[l[0], l[1]].concat());
+        assert_eq!(t.root().0, NodeHasher::hash(&[ab, l[2]].concat()));
+        assert_eq!(path_shape(2, 3).unwrap(), vec![Step::Promote, Step::Left]);
+    }
+
+    #[test]
+    fn malformed_proofs_are_errors_not_panics() {
+        let l = leaves(5);
+        let t = Tree::new(&l).unwrap();
+        let mut p = t.proof(4).unwrap();
+        p.index = 5;
+        assert!(matches!(
+            p.root(&l[4]),
+            Err(MerkleError::BadPosition { .. })
+        ));
+        let mut p = t.proof(1).unwrap();
+        p.siblings.push(MerkleRoot([0; 32]));
+        assert!(matches!(
+            p.root(&l[1]),
+            Err(MerkleError::WrongSiblingCount { .. })
+        ));
+        let mut p = t.proof(1).unwrap();
+        p.total = 0;
+        assert!(p.root(&l[1]).is_err());
+        assert!(Tree::new(&[]).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn every_leaf_proves_and_tampering_fails(n in 1u32..300, pick in any::<prop::sample::Index>(), bit in 0usize..256) {
+            let l = leaves(n);
+            let t = Tree::new(&l).unwrap();
+            let i = pick.index(n as usize) as u32;
+            let p = t.proof(i).unwrap();
+            prop_assert_eq!(p.verify(&l[i as usize], &t.root()), Ok(()));
+            prop_assert_eq!(walk(l[i as usize], &p), t.root().0);
+            // A flipped bit in the leaf never verifies.
+            let mut bad = l[i as usize];
+            bad[bit / 8] ^= 1 << (bit % 8);
+            prop_assert!(p.verify(&bad, &t.root()).is_err());
+            // Nor does a flipped bit in any sibling.
+            if !p.siblings.is_empty() {
+                let mut q = p.clone();
+                let k = bit % q.siblings.len();
+                q.siblings[k].0[bit / 8] ^= 1 << (bit % 8);
+                prop_assert!(q.verify(&l[i as usize], &t.root()).is_err());
+            }
+            // Nor the proof of another position.
+            if n > 1 {
+                let j = (i + 1) % n;
+                prop_assert!(p.verify(&l[j as usize], &t.root()).is_err());
+            }
+        }
+    }
+}

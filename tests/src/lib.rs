@@ -1,0 +1,1 @@
+//! Hallmark integration-test harness.

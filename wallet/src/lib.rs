@@ -1,0 +1,1 @@
+//! Hallmark wallet (work in progress, see the issues).
