@@ -10,7 +10,7 @@ use hallmark_protocol::{
     OperatorEntry, QuorumConfig, SigningKey, VerifyError, Vote,
 };
 
-fn random_key() -> SigningKey {
+pub(crate) fn random_key() -> SigningKey {
     loop {
         // A random 32-byte string is a valid secret key except with probability ~2^-128.
         if let Ok(k) = SigningKey::from_bytes(&rand::random::<[u8; 32]>()) {
@@ -74,6 +74,7 @@ impl Demo {
 }
 
 /// Runs the demo; fails if any step does not give the expected verdict.
+/// Runs the demo.
 pub fn run() -> Result<()> {
     let operators: Vec<SigningKey> = (0..4).map(|_| random_key()).collect();
     let quorum = QuorumConfig::new(3, 4)?;

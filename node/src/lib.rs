@@ -1,1 +1,15 @@
-//! The hallmark node library.
+//! The hallmark node: operator service (store, event loop, HTTP API, metrics), local devnets and
+//! the command line. `main.rs` only calls [`cli::main`].
+
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod demo;
+pub mod devnet;
+pub mod engine;
+pub mod keyfile;
+pub mod metrics;
+pub mod service;
+pub mod store;
+pub mod wire;

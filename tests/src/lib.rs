@@ -1,1 +1,195 @@
-//! Hallmark integration-test harness.
+//! The federation test harness: N operator processes on loopback ports in a temp dir, with
+//! clients, SIGKILL/SIGTERM/restart, and `poll_until` to wait on conditions (never bare sleeps).
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use hallmark_node::client::{Author, Client};
+use hallmark_node::config::{FederationFile, PaymentMode, Peer};
+use hallmark_node::devnet::{self, InitOptions, Ports};
+use hallmark_node::keyfile;
+use hallmark_protocol::{Federation, SigningKey};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// Polls `f` every 50 ms until it returns `Some`, failing after `timeout` with `what`.
+pub async fn poll_until<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn free_ports(n: usize) -> Result<Vec<u16>> {
+    // Bind all first so the kernel hands out distinct ports, then release them for the operators.
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    Ok(listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect::<std::io::Result<_>>()?)
+}
+
+/// A running federation of operator processes.
+pub struct Harness {
+    /// The devnet directory (removed on drop).
+    pub dir: tempfile::TempDir,
+    /// The federation.
+    pub federation: Federation,
+    /// Members.
+    pub peers: Vec<Peer>,
+    exe: PathBuf,
+    children: Vec<Option<Child>>,
+}
+
+impl Harness {
+    /// Starts an `m`-of-`n` federation of `exe` processes (with the mock payment adapter) and
+    /// waits until every operator is up and connected to all others.
+    pub async fn start(exe: &str, n: u32, m: u32) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let p = free_ports(3 * n as usize)?;
+        let ports = (0..n as usize)
+            .map(|i| (p[3 * i], p[3 * i + 1], p[3 * i + 2]))
+            .collect();
+        devnet::init(
+            dir.path(),
+            &InitOptions {
+                operators: n,
+                quorum: m,
+                ports: Ports::Explicit(ports),
+                payments: PaymentMode::Mock,
+                round_timeout_ms: 500,
+            },
+        )?;
+        let (federation, peers) = FederationFile::load(&dir.path().join("federation.toml"))?;
+        let mut h = Self {
+            dir,
+            federation,
+            peers,
+            exe: PathBuf::from(exe),
+            children: Vec::new(),
+        };
+        for i in 0..n as usize {
+            let c = devnet::spawn_operator(&h.exe, h.dir.path(), i)?;
+            h.children.push(Some(c));
+        }
+        for i in 0..n as usize {
+            h.wait_connected(i, n as i64 - 1).await?;
+        }
+        Ok(h)
+    }
+
+    /// Number of operators.
+    pub fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Never true.
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty()
+    }
+
+    /// A client of operator `i`.
+    pub fn client(&self, i: usize) -> Client {
+        Client::new(&self.peers[i].http, Duration::from_secs(30))
+    }
+
+    /// An author with a fresh key in this federation.
+    pub fn author(&self) -> Author {
+        Author::new(self.federation.id(), keyfile::generate())
+    }
+
+    /// An author with a given key.
+    pub fn author_with(&self, key: SigningKey) -> Author {
+        Author::new(self.federation.id(), key)
+    }
+
+    /// Operator `i`'s directory.
+    pub fn operator_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("op{i}"))
+    }
+
+    /// Waits until operator `i` answers and sees at least `peers` members.
+    pub async fn wait_connected(&self, i: usize, peers: i64) -> Result<()> {
+        let c = self.client(i);
+        poll_until(
+            Duration::from_secs(30),
+            &format!("operator {i} up with {peers} peers"),
+            || {
+                let c = c.clone();
+                async move {
+                    let info = c.info().await.ok()?;
+                    (info["peers_connected"].as_i64()? >= peers).then_some(())
+                }
+            },
+        )
+        .await
+        .with_context(|| self.log_tail(i))
+    }
+
+    /// The end of operator `i`'s log, for failure messages.
+    pub fn log_tail(&self, i: usize) -> String {
+        let log =
+            std::fs::read_to_string(self.operator_dir(i).join("operator.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        format!(
+            "operator {i} log:\n{}",
+            lines[lines.len().saturating_sub(30)..].join("\n")
+        )
+    }
+
+    fn signal(&mut self, i: usize, sig: Signal) -> Result<()> {
+        let mut c = self.children[i].take().context("operator not running")?;
+        kill(Pid::from_raw(c.id() as i32), sig)?;
+        c.wait()?;
+        Ok(())
+    }
+
+    /// SIGKILL operator `i`.
+    pub fn kill(&mut self, i: usize) -> Result<()> {
+        self.signal(i, Signal::SIGKILL)
+    }
+
+    /// SIGTERM operator `i` and wait for it to exit.
+    pub fn stop(&mut self, i: usize) -> Result<()> {
+        self.signal(i, Signal::SIGTERM)
+    }
+
+    /// Starts operator `i` again (same config and data).
+    pub fn restart(&mut self, i: usize) -> Result<()> {
+        if self.children[i].is_some() {
+            bail!("operator {i} is running");
+        }
+        self.children[i] = Some(devnet::spawn_operator(&self.exe, self.dir.path(), i)?);
+        Ok(())
+    }
+
+    /// The devnet directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        for c in self.children.iter_mut().flatten() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! HTTP client of an operator's API, and helpers to build signed events. The scanning verifier
+//! (issue 4) builds on this.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use hallmark_protocol::{
+    CertifiedEvent, Event, EventBody, EventHash, EventKind, FederationId, ItemId, ItemState,
+    SigningKey,
+};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::api::History;
+use crate::service::now_ms;
+
+/// What a submission returned.
+#[derive(Debug, Clone)]
+pub enum SubmitOutcome {
+    /// Certified, with its certificate.
+    Certified(Box<CertifiedEvent>),
+    /// Accepted, still being voted on.
+    Pending(EventHash),
+    /// Refused: HTTP status, machine code, message.
+    Rejected {
+        /// HTTP status.
+        status: u16,
+        /// Error code.
+        code: String,
+        /// Message.
+        message: String,
+    },
+}
+
+impl SubmitOutcome {
+    /// The certified event, or an error saying what happened instead.
+    pub fn certified(self) -> Result<CertifiedEvent> {
+        match self {
+            Self::Certified(ce) => Ok(*ce),
+            Self::Pending(h) => bail!("event {h} not certified yet"),
+            Self::Rejected {
+                status,
+                code,
+                message,
+            } => bail!("rejected ({status} {code}): {message}"),
+        }
+    }
+
+    /// The error code of a rejection.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Self::Rejected { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+/// A client of one operator.
+#[derive(Clone, Debug)]
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: ErrorInner,
+}
+
+#[derive(Deserialize)]
+struct ErrorInner {
+    code: String,
+    message: String,
+}
+
+impl Client {
+    /// A client of the operator at `base` (e.g. `http://127.0.0.1:47200`).
+    pub fn new(base: &str, timeout: Duration) -> Self {
+        Self {
+            base: base.trim_end_matches('/').to_string(),
+            http: reqwest::Client::builder()
+                .timeout(timeout)
+                .build()
+                .expect("a plain HTTP client builds"),
+        }
+    }
+
+    /// The base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Submits an event and waits up to `wait` for its certificate.
+    pub async fn submit(&self, event: &Event, wait: Duration) -> Result<SubmitOutcome> {
+        let resp = self
+            .http
+            .post(format!("{}/v1/events", self.base))
+            .query(&[("wait_ms", wait.as_millis() as u64)])
+            .json(event)
+            .send()
+            .await
+            .with_context(|| format!("POST {}/v1/events", self.base))?;
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.context("response is not JSON")?;
+        if status == 200 {
+            let ce: CertifiedEvent =
+                serde_json::from_value(body["certified"].clone()).context("bad certified event")?;
+            return Ok(SubmitOutcome::Certified(Box::new(ce)));
+        }
+        if status == 202 {
+            let h = serde_json::from_value(body["hash"].clone()).context("bad hash")?;
+            return Ok(SubmitOutcome::Pending(h));
+        }
+        let e: ErrorBody = serde_json::from_value(body).context("bad error body")?;
+        Ok(SubmitOutcome::Rejected {
+            status,
+            code: e.error.code,
+            message: e.error.message,
+        })
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<Option<T>> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .with_context(|| format!("GET {}{path}", self.base))?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !resp.status().is_success() {
+            bail!("GET {}{path}: HTTP {}", self.base, resp.status());
+        }
+        Ok(Some(resp.json().await.with_context(|| {
+            format!("GET {}{path}: bad JSON", self.base)
+        })?))
+    }
+
+    /// An item's state.
+    pub async fn item(&self, id: &ItemId) -> Result<Option<ItemState>> {
+        self.get_json(&format!("/v1/items/{id}")).await
+    }
+
+    /// An item's certified history with its manufacturer's registration.
+    pub async fn history(&self, id: &ItemId) -> Result<Option<History>> {
+        self.get_json(&format!("/v1/items/{id}/history")).await
+    }
+
+    /// A certified event.
+    pub async fn event(&self, hash: &EventHash) -> Result<Option<CertifiedEvent>> {
+        self.get_json(&format!("/v1/events/{hash}")).await
+    }
+
+    /// Operator info.
+    pub async fn info(&self) -> Result<Value> {
+        self.get_json("/v1/info").await?.context("no /v1/info")
+    }
+
+    /// Log entries from `from`.
+    pub async fn log(&self, from: u64, limit: usize) -> Result<(u64, Vec<CertifiedEvent>)> {
+        #[derive(Deserialize)]
+        struct Log {
+            log_len: u64,
+            events: Vec<CertifiedEvent>,
+        }
+        let l: Log = self
+            .get_json(&format!("/v1/log?from={from}&limit={limit}"))
+            .await?
+            .context("no /v1/log")?;
+        Ok((l.log_len, l.events))
+    }
+
+    /// Whether the operator answers its health check.
+    pub async fn healthy(&self) -> bool {
+        self.get_json::<Value>("/v1/health")
+            .await
+            .is_ok_and(|v| v.is_some())
+    }
+}
+
+/// Builds signed events for one author in one federation.
+#[derive(Clone, Debug)]
+pub struct Author {
+    /// Federation.
+    pub federation: FederationId,
+    /// Key.
+    pub key: SigningKey,
+}
+
+impl Author {
+    /// An author.
+    pub fn new(federation: FederationId, key: SigningKey) -> Self {
+        Self { federation, key }
+    }
+
+    /// A signed event at `height` after `prev`, timestamped now with a random nonce.
+    pub fn event(&self, height: u64, prev: EventHash, kind: EventKind) -> Event {
+        EventBody {
+            federation: self.federation,
+            height,
+            prev,
+            timestamp_ms: now_ms(),
+            nonce: rand::random(),
+            author: self.key.public_key(),
+            kind,
+        }
+        .sign(&self.key)
+        .expect("the author signs its own events")
+    }
+
+    /// The next event of an item, after `state`.
+    pub fn next(&self, state: &ItemState, kind: EventKind) -> Event {
+        self.event(state.height + 1, state.head, kind)
+    }
+}

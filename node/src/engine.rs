@@ -1,0 +1,888 @@
+//! The operator's event loop: the one task that owns the operator's consensus state and writes
+//! the store. Everything else (HTTP handlers, the gossip verifier, catch-up fetchers) talks to it
+//! through one bounded channel of [`Input`]s.
+//!
+//! Per slot (subject, height) it runs a [`Slot`] of the two-phase protocol; its own votes are
+//! written to the store with fsync, in one group commit per flush, before the signed batch that
+//! carries them is published. Inputs are processed as they come and votes are flushed whenever
+//! the input queue runs dry, so batches grow with the load.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use hallmark_p2p::{Command, P2pHandle, PeerId};
+use hallmark_protocol::consensus::{Action, Slot, SlotConfig};
+use hallmark_protocol::{
+    apply_item_event, encode, Attestation, BatchVote, Certificate, CertifiedEvent, Event,
+    EventHash, EventKind, Federation, ItemStatus, ManufacturerId, ManufacturerRecord, OfferRecord,
+    Phase, SigningKey, Subject, VerifiedBatch, Vote,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::config::PaymentMode;
+use crate::metrics;
+use crate::store::{slot_key, StateChange, Store, StoreError};
+use crate::wire::{Gossip, Rpc, RpcResponse, MAX_CATCHUP_EVENTS};
+
+/// Inputs queued to the event loop.
+pub const INPUT_QUEUE: usize = 8192;
+/// Most inputs handled before votes are flushed.
+const MAX_INPUTS_PER_FLUSH: usize = 2048;
+/// Most votes for unknown events kept.
+const MAX_EARLY_VOTES: usize = 100_000;
+/// Most certified events kept ahead of their chain.
+const MAX_ORPHANS: usize = 100_000;
+/// Most slots with candidates waiting for their chain to advance.
+const MAX_DEFERRED_SLOTS: usize = 10_000;
+/// How often stalled rounds and catch-up are checked.
+const TICK: Duration = Duration::from_millis(200);
+
+/// Why a submitted event was refused. `code` is the API's machine-readable error code.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct Rejection {
+    /// Machine-readable code.
+    pub code: &'static str,
+    /// Human explanation.
+    pub message: String,
+}
+
+impl Rejection {
+    fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<StoreError> for Rejection {
+    fn from(e: StoreError) -> Self {
+        Self::new("internal", e.to_string())
+    }
+}
+
+/// What a submission got.
+pub enum Submitted {
+    /// Already certified.
+    Certified(Box<CertifiedEvent>),
+    /// Being voted on; the receiver fires when it is certified.
+    Pending(oneshot::Receiver<CertifiedEvent>),
+}
+
+/// A gossip payload whose signatures have been checked.
+pub enum Verified {
+    /// A vote batch and the events it introduces (author signatures checked).
+    Votes {
+        /// Events.
+        events: Vec<(Event, EventHash)>,
+        /// The batch.
+        batch: VerifiedBatch,
+    },
+    /// Certified events (certificates checked).
+    Certified(Vec<CertifiedEvent>),
+}
+
+/// Inputs of the event loop.
+pub enum Input {
+    /// A client's event (author signature already checked).
+    Submit {
+        /// Event.
+        event: Event,
+        /// Its hash.
+        hash: EventHash,
+        /// The answer.
+        reply: oneshot::Sender<Result<Submitted, Rejection>>,
+    },
+    /// Verified gossip.
+    Gossip(Verified),
+    /// Verified certified events fetched by catch-up from `peer`, starting at `from`.
+    CaughtUp {
+        /// Peer.
+        peer: PeerId,
+        /// Position asked for.
+        from: u64,
+        /// The peer's log length.
+        log_len: u64,
+        /// Events.
+        events: Vec<CertifiedEvent>,
+    },
+    /// A member connected or disconnected.
+    Peer(PeerId, bool),
+}
+
+/// What the event loop is built from.
+pub struct EngineConfig {
+    /// The federation.
+    pub federation: Federation,
+    /// This operator's index.
+    pub me: usize,
+    /// Its key.
+    pub key: SigningKey,
+    /// Its store.
+    pub store: Store,
+    /// Network handle.
+    pub p2p: P2pHandle,
+    /// Members' PeerIds by operator index.
+    pub peer_ids: Vec<PeerId>,
+    /// Payment checks.
+    pub payments: PaymentMode,
+    /// Accepted clock skew of events, ms.
+    pub timestamp_window_ms: u64,
+    /// Base round timeout.
+    pub round_timeout: Duration,
+    /// The operator's clock (ms since the epoch).
+    pub clock: fn() -> u64,
+}
+
+struct SlotEntry {
+    slot: Slot,
+    deadline: Instant,
+}
+
+/// The event loop's state.
+pub struct Engine {
+    cfg: EngineConfig,
+    slot_cfg: SlotConfig,
+    inputs: mpsc::Sender<Input>,
+    slots: HashMap<(Subject, u64), SlotEntry>,
+    /// Valid candidate events not yet certified, with their slot.
+    candidates: HashMap<EventHash, (Event, Subject, u64)>,
+    /// Candidates that arrived ahead of their chain, revalidated when it advances.
+    deferred: HashMap<(Subject, u64), Vec<(Event, EventHash)>>,
+    commit_atts: HashMap<(EventHash, u32), BTreeMap<usize, Attestation>>,
+    early_votes: HashMap<EventHash, Vec<(usize, Vote)>>,
+    early_count: usize,
+    orphans: BTreeMap<(Subject, u64), CertifiedEvent>,
+    waiters: HashMap<EventHash, Vec<oneshot::Sender<CertifiedEvent>>>,
+    out_votes: Vec<Vote>,
+    out_events: Vec<Event>,
+    announced: HashSet<EventHash>,
+    out_certs: Vec<CertifiedEvent>,
+    dirty: HashSet<(Subject, u64)>,
+    peers: HashSet<PeerId>,
+    cursors: HashMap<PeerId, u64>,
+    catching_up: HashSet<PeerId>,
+    next_peer: usize,
+}
+
+impl Engine {
+    /// Creates the loop; `inputs` is the sender half of its own queue (catch-up tasks use it).
+    pub fn new(cfg: EngineConfig, inputs: mpsc::Sender<Input>) -> Self {
+        let q = cfg.federation.quorum();
+        let slot_cfg = SlotConfig {
+            m: q.m() as usize,
+            n: q.n() as usize,
+            f: cfg.federation.params().max_faulty as usize,
+        };
+        Self {
+            cfg,
+            slot_cfg,
+            inputs,
+            slots: HashMap::new(),
+            candidates: HashMap::new(),
+            deferred: HashMap::new(),
+            commit_atts: HashMap::new(),
+            early_votes: HashMap::new(),
+            early_count: 0,
+            orphans: BTreeMap::new(),
+            waiters: HashMap::new(),
+            out_votes: Vec::new(),
+            out_events: Vec::new(),
+            announced: HashSet::new(),
+            out_certs: Vec::new(),
+            dirty: HashSet::new(),
+            peers: HashSet::new(),
+            cursors: HashMap::new(),
+            catching_up: HashSet::new(),
+            next_peer: 0,
+        }
+    }
+
+    /// Runs until `cancel` fires or every input sender is gone.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Input>, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tick.tick() => self.on_tick(),
+                input = rx.recv() => {
+                    let Some(input) = input else { break };
+                    self.handle(input);
+                    let mut n = 1;
+                    while n < MAX_INPUTS_PER_FLUSH {
+                        match rx.try_recv() {
+                            Ok(input) => self.handle(input),
+                            Err(_) => break,
+                        }
+                        n += 1;
+                    }
+                }
+            }
+            if let Err(e) = self.flush().await {
+                error!("cannot persist votes, stopping: {e}");
+                cancel.cancel();
+                break;
+            }
+        }
+        info!("event loop stopped");
+    }
+
+    fn handle(&mut self, input: Input) {
+        let result = match input {
+            Input::Submit { event, hash, reply } => {
+                let r = self.submit(event, hash);
+                if let Err(e) = &r {
+                    metrics::REJECTED.with_label_values(&[e.code]).inc();
+                }
+                let _ = reply.send(r);
+                Ok(())
+            }
+            Input::Gossip(Verified::Votes { events, batch }) => self.on_votes(events, batch),
+            Input::Gossip(Verified::Certified(list)) => {
+                list.into_iter().try_for_each(|ce| self.on_certified(ce))
+            }
+            Input::CaughtUp {
+                peer,
+                from,
+                log_len,
+                events,
+            } => {
+                self.catching_up.remove(&peer);
+                let n = events.len() as u64;
+                let r = events.into_iter().try_for_each(|ce| self.on_certified(ce));
+                let cursor = self.cursors.entry(peer).or_insert(0);
+                if *cursor == from {
+                    *cursor = from + n;
+                }
+                if from + n < log_len {
+                    self.request_catchup(peer);
+                }
+                r
+            }
+            Input::Peer(peer, up) => {
+                if up {
+                    self.peers.insert(peer);
+                    self.request_catchup(peer);
+                } else {
+                    self.peers.remove(&peer);
+                }
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            error!("store error: {e}");
+        }
+    }
+
+    fn submit(&mut self, event: Event, hash: EventHash) -> Result<Submitted, Rejection> {
+        if let Some(ce) = self.cfg.store.certified(&hash)? {
+            return Ok(Submitted::Certified(Box::new(ce)));
+        }
+        let now = (self.cfg.clock)();
+        if now.abs_diff(event.body.timestamp_ms) > self.cfg.timestamp_window_ms {
+            return Err(Rejection::new(
+                "timestamp_out_of_window",
+                format!(
+                    "event timestamp {} is more than {} s from the operator's clock {now}",
+                    event.body.timestamp_ms,
+                    self.cfg.timestamp_window_ms / 1000
+                ),
+            ));
+        }
+        let (subject, height) = self.validate(&event, hash)?;
+        let (tx, rx) = oneshot::channel();
+        self.waiters.entry(hash).or_default().push(tx);
+        self.add_candidate(event, hash, subject, height);
+        Ok(Submitted::Pending(rx))
+    }
+
+    /// Contextual validation against the certified state. Returns the event's slot.
+    fn validate(&self, event: &Event, hash: EventHash) -> Result<(Subject, u64), Rejection> {
+        let store = &self.cfg.store;
+        let subject = event.subject(hash);
+        let height = event.body.height;
+        if let Some(existing) = store.chain_at(&subject, height)? {
+            return Err(if existing == hash {
+                Rejection::new("already_certified", "event is already certified")
+            } else {
+                Rejection::new(
+                    "stale_height",
+                    format!("height {height} is already certified for another event (replay?)"),
+                )
+            });
+        }
+        let next = store.next_height(&subject)?;
+        if height < next {
+            return Err(Rejection::new(
+                "stale_height",
+                format!("height {height} is below the chain's next height {next}"),
+            ));
+        }
+        if height > next {
+            return Err(Rejection::new(
+                "future_height",
+                format!("height {height} is ahead of the chain's next height {next}: wait for the previous event's certificate"),
+            ));
+        }
+        let transition =
+            |e: hallmark_protocol::TransitionError| Rejection::new(e.code(), e.to_string());
+        match &event.body.kind {
+            EventKind::RegisterManufacturer { .. } => {}
+            EventKind::Mint { .. } => {
+                let m = ManufacturerId::of(&event.body.author);
+                if store.manufacturer(&m)?.is_none() {
+                    return Err(Rejection::new(
+                        "unknown_manufacturer",
+                        format!("manufacturer {m} is not registered"),
+                    ));
+                }
+                apply_item_event(&self.cfg.federation, None, event, hash).map_err(transition)?;
+            }
+            EventKind::CreateOffer { item, .. } => {
+                let offer = OfferRecord::from_event(event, hash).map_err(transition)?;
+                offer
+                    .check_against(store.item(item)?.as_ref())
+                    .map_err(transition)?;
+            }
+            EventKind::Transfer { item, .. }
+            | EventKind::Settle { item, .. }
+            | EventKind::ExpireEscrow { item, .. }
+            | EventKind::ReportStolen { item }
+            | EventKind::Recover { item }
+            | EventKind::Retire { item } => {
+                let state = store.item(item)?;
+                apply_item_event(&self.cfg.federation, state.as_ref(), event, hash)
+                    .map_err(transition)?;
+                if matches!(
+                    event.body.kind,
+                    EventKind::Settle { .. } | EventKind::ExpireEscrow { .. }
+                ) {
+                    self.check_payment(state.as_ref().map(|s| &s.status))?;
+                }
+            }
+            EventKind::AcceptOffer { .. } => {
+                let Subject::Item(item) = subject else {
+                    return Err(Rejection::new(
+                        "not_an_offer",
+                        "accept_offer must embed a create_offer",
+                    ));
+                };
+                let state = store.item(&item)?;
+                apply_item_event(&self.cfg.federation, state.as_ref(), event, hash)
+                    .map_err(transition)?;
+            }
+        }
+        Ok((subject, height))
+    }
+
+    fn check_payment(&self, status: Option<&ItemStatus>) -> Result<(), Rejection> {
+        match (self.cfg.payments, status) {
+            (PaymentMode::Mock, Some(ItemStatus::LockedInEscrow(_))) => Ok(()),
+            (PaymentMode::Mock, _) => {
+                Err(Rejection::new("invalid_in_state", "item is not in escrow"))
+            }
+            (PaymentMode::None, _) => Err(Rejection::new(
+                "payment_unverified",
+                "this operator has no payment adapter configured to verify settlement",
+            )),
+        }
+    }
+
+    fn add_candidate(&mut self, event: Event, hash: EventHash, subject: Subject, height: u64) {
+        if self.candidates.contains_key(&hash) {
+            return;
+        }
+        self.candidates.insert(hash, (event, subject, height));
+        let key = (subject, height);
+        let actions = {
+            let entry = self.slot_entry(key);
+            let mut actions = entry.slot.add_candidate(hash);
+            if let Some(votes) = self.early_votes.remove(&hash) {
+                self.early_count -= votes.len();
+                let entry = self.slots.get_mut(&key).expect("created above");
+                for (op, v) in votes {
+                    actions.extend(entry.slot.add_vote(op, v));
+                }
+            }
+            actions
+        };
+        self.act(key, actions);
+    }
+
+    fn slot_entry(&mut self, key: (Subject, u64)) -> &mut SlotEntry {
+        let store = &self.cfg.store;
+        let cfg = self.slot_cfg;
+        let me = self.cfg.me;
+        let timeout = self.cfg.round_timeout;
+        self.slots.entry(key).or_insert_with(|| {
+            let own = store.own_votes(&key.0, key.1).unwrap_or_else(|e| {
+                // Without our earlier votes we could vote twice: refuse to take part.
+                panic!("cannot read own votes at a slot: {e}")
+            });
+            SlotEntry {
+                slot: Slot::new(cfg, Some(me), own),
+                deadline: Instant::now() + timeout,
+            }
+        })
+    }
+
+    fn act(&mut self, key: (Subject, u64), actions: Vec<Action>) {
+        for a in actions {
+            match a {
+                Action::Vote(v) => {
+                    if v.phase == Phase::Prevote && self.announced.insert(v.event) {
+                        if let Some((e, _, _)) = self.candidates.get(&v.event) {
+                            self.out_events.push(e.clone());
+                        }
+                    }
+                    self.out_votes.push(v);
+                    self.dirty.insert(key);
+                }
+                Action::Decide { event, round } => {
+                    if let Err(e) = self.try_certify(event, round) {
+                        error!("store error: {e}");
+                    }
+                }
+                Action::Equivocation {
+                    operator,
+                    first,
+                    second,
+                } => {
+                    metrics::EQUIVOCATIONS.inc();
+                    warn!(
+                        operator,
+                        ?first,
+                        ?second,
+                        "operator voted for two events in one round"
+                    );
+                    let mut k = vec![operator as u8];
+                    k.extend_from_slice(&slot_key(&key.0, key.1));
+                    k.extend_from_slice(&second.round.to_be_bytes());
+                    let v = encode(&(key.0, key.1, first, second));
+                    if let Err(e) = self.cfg.store.put_evidence(&k, &v) {
+                        error!("store error: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_votes(
+        &mut self,
+        events: Vec<(Event, EventHash)>,
+        batch: VerifiedBatch,
+    ) -> Result<(), StoreError> {
+        let Some(op) = self.cfg.federation.operator_index(&batch.operator()) else {
+            return Ok(());
+        };
+        for (event, hash) in events {
+            self.consider(event, hash)?;
+        }
+        for (i, vote) in batch.votes().iter().enumerate() {
+            if vote.phase == Phase::Commit {
+                if let Some(att) = batch.attestation(i) {
+                    self.commit_atts
+                        .entry((vote.event, vote.round))
+                        .or_default()
+                        .insert(op, att);
+                }
+            }
+            if let Some((_, subject, height)) = self.candidates.get(&vote.event) {
+                let key = (*subject, *height);
+                let actions = self.slot_entry(key).slot.add_vote(op, *vote);
+                self.act(key, actions);
+            } else if let Some(stored) = self.cfg.store.certificate(&vote.event)? {
+                if vote.phase == Phase::Commit && vote.round == stored.round {
+                    let att = batch.attestation(i).expect("index within the batch");
+                    self.upgrade_certificate(stored, [att])?;
+                }
+            } else if self.early_count < MAX_EARLY_VOTES {
+                self.early_votes
+                    .entry(vote.event)
+                    .or_default()
+                    .push((op, *vote));
+                self.early_count += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// An event gossiped by another operator: validate it and, if valid, take it as a candidate.
+    fn consider(&mut self, event: Event, hash: EventHash) -> Result<(), StoreError> {
+        if self.candidates.contains_key(&hash) || self.cfg.store.certificate(&hash)?.is_some() {
+            return Ok(());
+        }
+        match self.validate(&event, hash) {
+            Ok((subject, height)) => self.add_candidate(event, hash, subject, height),
+            Err(r) if r.code == "future_height" => {
+                let key = (event.subject(hash), event.body.height);
+                if self.deferred.len() < MAX_DEFERRED_SLOTS || self.deferred.contains_key(&key) {
+                    let list = self.deferred.entry(key).or_default();
+                    if list.len() < 16 {
+                        list.push((event, hash));
+                    }
+                }
+            }
+            Err(r) => debug!(%hash, code = r.code, "not voting for gossiped event: {}", r.message),
+        }
+        Ok(())
+    }
+
+    fn try_certify(&mut self, event: EventHash, round: u32) -> Result<(), StoreError> {
+        let Some(atts) = self.commit_atts.get(&(event, round)) else {
+            return Ok(());
+        };
+        if atts.len() < self.slot_cfg.m {
+            return Ok(());
+        }
+        let Some((ev, _, _)) = self.candidates.get(&event) else {
+            return Ok(());
+        };
+        let certificate = Certificate::assemble(
+            &self.cfg.federation,
+            Vote::commit(event, round),
+            atts.values().cloned(),
+        )
+        .expect("m attestations of members assemble");
+        let ce = CertifiedEvent {
+            event: ev.clone(),
+            certificate,
+        };
+        self.out_certs.push(ce.clone());
+        self.on_certified(ce)
+    }
+
+    /// After more commit votes arrive for a certified event, keep the canonical certificate (the
+    /// `m` lowest operator indices), so all operators converge on byte-identical certificates.
+    fn upgrade_certificate(
+        &mut self,
+        stored: Certificate,
+        extra: impl IntoIterator<Item = Attestation>,
+    ) -> Result<(), StoreError> {
+        let vote = Vote::commit(stored.event, stored.round);
+        let mut atts: BTreeMap<usize, Attestation> = BTreeMap::new();
+        for a in stored.attestations.iter().cloned().chain(extra) {
+            if let Some(i) = self.cfg.federation.operator_index(&a.operator) {
+                atts.entry(i).or_insert(a);
+            }
+        }
+        let best = Certificate::assemble(&self.cfg.federation, vote, atts.into_values())
+            .expect("a stored certificate has m attestations");
+        if best != stored {
+            self.cfg.store.replace_certificate(&best)?;
+        }
+        Ok(())
+    }
+
+    /// A certified event (ours, gossiped, or caught up; certificate already verified).
+    fn on_certified(&mut self, ce: CertifiedEvent) -> Result<(), StoreError> {
+        let hash = ce.certificate.event;
+        if let Some(stored) = self.cfg.store.certificate(&hash)? {
+            if stored.round == ce.certificate.round {
+                self.upgrade_certificate(stored, ce.certificate.attestations)?;
+            }
+            return Ok(());
+        }
+        let subject = ce.event.subject(hash);
+        let height = ce.event.body.height;
+        let next = self.cfg.store.next_height(&subject)?;
+        if height < next {
+            error!(%hash, height, "a different event is already certified at this height: safety violated?");
+            metrics::CONFLICTING_CERTIFICATES.inc();
+            return Ok(());
+        }
+        if height > next {
+            if self.orphans.len() < MAX_ORPHANS {
+                self.orphans.insert((subject, height), ce);
+            }
+            return Ok(());
+        }
+        self.apply(subject, ce)?;
+        // Later events of this chain that arrived early.
+        let mut h = height + 1;
+        while let Some(next) = self.orphans.remove(&(subject, h)) {
+            self.apply(subject, next)?;
+            h += 1;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, subject: Subject, ce: CertifiedEvent) -> Result<(), StoreError> {
+        let hash = ce.certificate.event;
+        let store = &self.cfg.store;
+        let change = match &ce.event.body.kind {
+            EventKind::RegisterManufacturer { .. } => {
+                ManufacturerRecord::from_event(&ce.event, hash).map(StateChange::Manufacturer)
+            }
+            EventKind::CreateOffer { .. } => {
+                OfferRecord::from_event(&ce.event, hash).map(StateChange::Offer)
+            }
+            _ => {
+                let Subject::Item(item) = subject else {
+                    unreachable!("item events have item subjects")
+                };
+                let state = store.item(&item)?;
+                apply_item_event(&self.cfg.federation, state.as_ref(), &ce.event, hash)
+                    .map(StateChange::Item)
+            }
+        };
+        let change = match change {
+            Ok(c) => c,
+            Err(e) => {
+                error!(%hash, "certified event does not apply to local state: {e}");
+                metrics::CONFLICTING_CERTIFICATES.inc();
+                return Ok(());
+            }
+        };
+        let height = ce.event.body.height;
+        store.apply(&subject, &ce, &change)?;
+        metrics::CERTIFIED
+            .with_label_values(&[ce.event.body.kind.name()])
+            .inc();
+        debug!(%hash, kind = ce.event.body.kind.name(), "certified");
+        if let Some(ws) = self.waiters.remove(&hash) {
+            for w in ws {
+                let _ = w.send(ce.clone());
+            }
+        }
+        // The slot is decided: forget its candidates (their waiters learn nothing more) and the
+        // votes collected for them.
+        let mut gone = vec![hash];
+        let mut rounds = 0;
+        if let Some(entry) = self.slots.remove(&(subject, height)) {
+            gone.extend(entry.slot.candidates().iter().copied());
+            rounds = entry.slot.round();
+        }
+        for c in gone {
+            self.candidates.remove(&c);
+            self.waiters.remove(&c);
+            self.announced.remove(&c);
+            for r in 0..=rounds.max(ce.certificate.round) {
+                self.commit_atts.remove(&(c, r));
+            }
+        }
+        // Candidates for the next height that came too early.
+        if let Some(list) = self.deferred.remove(&(subject, height + 1)) {
+            for (e, h) in list {
+                self.consider(e, h)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        let mut stalled = Vec::new();
+        for (key, entry) in &mut self.slots {
+            if entry.deadline <= now && entry.slot.decided().is_none() {
+                let actions = entry.slot.on_timeout();
+                let round = entry.slot.round();
+                entry.deadline = now + self.cfg.round_timeout * (round + 1).min(10);
+                stalled.push((*key, actions));
+            }
+        }
+        for (key, actions) in stalled {
+            // Re-send our votes at a stalled slot: a peer may have missed them.
+            let own = self.slots[&key].slot.own().clone();
+            for (r, e) in &own.prevotes {
+                self.out_votes.push(Vote::prevote(*e, *r));
+                if let Some((ev, _, _)) = self.candidates.get(e) {
+                    self.out_events.push(ev.clone());
+                }
+            }
+            for (r, e) in &own.commits {
+                self.out_votes.push(Vote::commit(*e, *r));
+            }
+            self.act(key, actions);
+        }
+        // Catch up from one connected peer per tick, round robin.
+        let peers: Vec<PeerId> = self
+            .cfg
+            .peer_ids
+            .iter()
+            .filter(|p| self.peers.contains(p))
+            .copied()
+            .collect();
+        if !peers.is_empty() {
+            let p = peers[self.next_peer % peers.len()];
+            self.next_peer += 1;
+            self.request_catchup(p);
+        }
+        if self.early_count > MAX_EARLY_VOTES / 2 {
+            // Votes for events that never arrived (their slot was decided without us, or they
+            // were invalid): drop them rather than grow.
+            warn!(
+                count = self.early_count,
+                "dropping votes for unknown events"
+            );
+            self.early_votes.clear();
+            self.early_count = 0;
+        }
+        metrics::PENDING_SLOTS.set(self.slots.len() as i64);
+    }
+
+    fn request_catchup(&mut self, peer: PeerId) {
+        if !self.catching_up.insert(peer) {
+            return;
+        }
+        let from = *self.cursors.entry(peer).or_insert(0);
+        let p2p = self.cfg.p2p.clone();
+        let inputs = self.inputs.clone();
+        let federation = self.cfg.federation.clone();
+        tokio::spawn(async move {
+            let req = encode(&Rpc::LogRange {
+                from,
+                limit: MAX_CATCHUP_EVENTS as u32,
+            });
+            let (log_len, events) = match p2p.request(peer, req).await {
+                Ok(bytes) => match hallmark_protocol::decode::<RpcResponse>(&bytes) {
+                    Ok(r) => {
+                        // Verify off the event loop: certificates are m signature checks each.
+                        let events = tokio::task::spawn_blocking(move || {
+                            r.events
+                                .into_iter()
+                                .filter(|ce| ce.verify(&federation).is_ok())
+                                .collect::<Vec<_>>()
+                        })
+                        .await
+                        .unwrap_or_default();
+                        (r.log_len, events)
+                    }
+                    Err(e) => {
+                        warn!(%peer, "bad catch-up response: {e}");
+                        (0, Vec::new())
+                    }
+                },
+                Err(e) => {
+                    debug!(%peer, "catch-up request: {e}");
+                    (0, Vec::new())
+                }
+            };
+            let _ = inputs
+                .send(Input::CaughtUp {
+                    peer,
+                    from,
+                    log_len,
+                    events,
+                })
+                .await;
+        });
+    }
+
+    /// Persists dirty slots' votes (fsync), then signs and publishes them with new certificates.
+    async fn flush(&mut self) -> Result<(), StoreError> {
+        if !self.dirty.is_empty() {
+            let dirty: Vec<(Subject, u64)> = self.dirty.drain().collect();
+            let owned: Vec<_> = dirty
+                .iter()
+                .filter_map(|k| self.slots.get(k).map(|e| (k.0, k.1, e.slot.own().clone())))
+                .collect();
+            self.cfg
+                .store
+                .put_own_votes(owned.iter().map(|(s, h, v)| (s, *h, v)))?;
+        }
+        if !self.out_votes.is_empty() {
+            let votes = std::mem::take(&mut self.out_votes);
+            let events = std::mem::take(&mut self.out_events);
+            let batch = BatchVote::sign(&self.cfg.key, self.cfg.federation.id(), votes)
+                .expect("a non-empty batch of at most MAX_BATCH_VOTES signs");
+            metrics::VOTE_BATCH_SIZE.observe(batch.votes().len() as f64);
+            let msg = Gossip::Votes {
+                events,
+                batch: batch.to_batch_vote(),
+                nonce: rand::random(),
+            };
+            let _ = self.cfg.p2p.send(Command::Publish(encode(&msg))).await;
+            // Our own commit votes count towards certificates here too.
+            let me = self.cfg.me;
+            let mut decided = Vec::new();
+            for (i, v) in batch.votes().iter().enumerate() {
+                if v.phase == Phase::Commit {
+                    if let Some(att) = batch.attestation(i) {
+                        self.commit_atts
+                            .entry((v.event, v.round))
+                            .or_default()
+                            .insert(me, att);
+                    }
+                    if let Some((_, s, h)) = self.candidates.get(&v.event) {
+                        if self
+                            .slots
+                            .get(&(*s, *h))
+                            .and_then(|e| e.slot.decided())
+                            .is_some()
+                        {
+                            decided.push((v.event, v.round));
+                        }
+                    }
+                }
+            }
+            for (e, r) in decided {
+                self.try_certify(e, r)?;
+            }
+        }
+        if !self.out_certs.is_empty() {
+            let certs = std::mem::take(&mut self.out_certs);
+            let _ = self
+                .cfg
+                .p2p
+                .send(Command::Publish(encode(&Gossip::Certified(certs))))
+                .await;
+        }
+        Ok(())
+    }
+}
+
+/// Answers a catch-up request from the store (called off the event loop).
+pub fn serve_rpc(store: &Store, request: &[u8]) -> Vec<u8> {
+    let resp = match hallmark_protocol::decode::<Rpc>(request) {
+        Ok(Rpc::LogRange { from, limit }) => RpcResponse {
+            log_len: store.log_len().unwrap_or(0),
+            events: store
+                .log_range(from, (limit as usize).min(MAX_CATCHUP_EVENTS))
+                .unwrap_or_default(),
+        },
+        Ok(Rpc::Chain {
+            subject,
+            from_height,
+        }) => RpcResponse {
+            log_len: store.log_len().unwrap_or(0),
+            events: store
+                .chain(&subject)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|ce| ce.event.body.height >= from_height)
+                .take(MAX_CATCHUP_EVENTS)
+                .collect(),
+        },
+        Err(_) => RpcResponse {
+            log_len: 0,
+            events: Vec::new(),
+        },
+    };
+    encode(&resp)
+}
+
+/// Decodes and verifies a gossip payload (signatures: run off the event loop).
+pub fn verify_gossip(federation: &Federation, data: &[u8]) -> Result<Verified, String> {
+    match hallmark_protocol::decode::<Gossip>(data).map_err(|e| e.to_string())? {
+        Gossip::Votes { events, batch, .. } => {
+            let batch = batch.verify(federation).map_err(|e| e.to_string())?;
+            let events = events
+                .into_iter()
+                .map(|e| e.check(federation.id()).map(|h| (e, h)))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
+            Ok(Verified::Votes { events, batch })
+        }
+        Gossip::Certified(list) => {
+            for ce in &list {
+                ce.verify(federation).map_err(|e| e.to_string())?;
+            }
+            Ok(Verified::Certified(list))
+        }
+    }
+}

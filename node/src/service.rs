@@ -1,0 +1,195 @@
+//! Starts an operator: store, p2p, the gossip verifier, the event loop, the HTTP and metrics
+//! servers; stops them all on cancellation.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use hallmark_p2p::{Command, P2pConfig, P2pEvent};
+use hallmark_protocol::OperatorId;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::api::{self, Api};
+use crate::config::Loaded;
+use crate::engine::{self, Engine, EngineConfig, Input};
+use crate::metrics;
+use crate::store::Store;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Addresses an operator ended up listening on.
+#[derive(Debug, Clone)]
+pub struct Bound {
+    /// HTTP API.
+    pub http: SocketAddr,
+    /// Metrics.
+    pub metrics: SocketAddr,
+}
+
+/// Runs an operator until `cancel` fires.
+pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<()> {
+    let (bound, done) = start(loaded, cancel.clone()).await?;
+    info!(http = %bound.http, metrics = %bound.metrics, "operator running");
+    cancel.cancelled().await;
+    info!("shutting down");
+    done.await;
+    Ok(())
+}
+
+/// Starts an operator; the returned future completes once everything has stopped.
+pub async fn start(
+    loaded: Loaded,
+    cancel: CancellationToken,
+) -> Result<(Bound, impl std::future::Future<Output = ()>)> {
+    metrics::register();
+    let Loaded {
+        config,
+        federation,
+        peers,
+        key,
+        me,
+    } = loaded;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let store = Store::open(&config.data_dir)
+        .with_context(|| format!("opening store in {}", config.data_dir.display()))?;
+    let (p2p, mut p2p_events, p2p_task) = hallmark_p2p::spawn(
+        P2pConfig {
+            secret: key.secret_bytes(),
+            listen: config.listen.parse().context("listen address")?,
+            members: peers
+                .iter()
+                .filter(|p| p.index != me)
+                .map(|p| (p.peer_id, p.address.clone()))
+                .collect(),
+            topic: format!("hallmark/{}/v1", federation.id()),
+        },
+        cancel.clone(),
+    )
+    .await?;
+
+    let (inputs, inputs_rx) = mpsc::channel(engine::INPUT_QUEUE);
+    let engine = Engine::new(
+        EngineConfig {
+            federation: federation.clone(),
+            me,
+            key: key.clone(),
+            store: store.clone(),
+            p2p: p2p.clone(),
+            peer_ids: peers
+                .iter()
+                .filter(|p| p.index != me)
+                .map(|p| p.peer_id)
+                .collect(),
+            payments: config.payments,
+            timestamp_window_ms: config.timestamp_window_secs * 1000,
+            round_timeout: Duration::from_millis(config.round_timeout_ms),
+            clock: now_ms,
+        },
+        inputs.clone(),
+    );
+    let engine_task = tokio::spawn(engine.run(inputs_rx, cancel.clone()));
+
+    // The gossip verifier: decodes and checks signatures before anything reaches the event loop
+    // or is forwarded to other operators.
+    let ingress = {
+        let (federation, store, inputs, p2p) = (
+            federation.clone(),
+            store.clone(),
+            inputs.clone(),
+            p2p.clone(),
+        );
+        tokio::spawn(async move {
+            while let Some(ev) = p2p_events.recv().await {
+                match ev {
+                    P2pEvent::Gossip { id, source, data } => {
+                        let verified = engine::verify_gossip(&federation, &data);
+                        let accept = verified.is_ok();
+                        if let Err(e) = &verified {
+                            warn!(%source, "rejected gossip: {e}");
+                        }
+                        let _ = p2p.send(Command::Validate { id, source, accept }).await;
+                        if let Ok(v) = verified {
+                            if inputs.send(Input::Gossip(v)).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    P2pEvent::Request { data, reply, .. } => {
+                        let store = store.clone();
+                        tokio::task::spawn_blocking(move || {
+                            let _ = reply.send(engine::serve_rpc(&store, &data));
+                        });
+                    }
+                    P2pEvent::PeerConnected(p) => {
+                        let _ = inputs.send(Input::Peer(p, true)).await;
+                    }
+                    P2pEvent::PeerDisconnected(p) => {
+                        let _ = inputs.send(Input::Peer(p, false)).await;
+                    }
+                    P2pEvent::Listening(_) => {}
+                }
+            }
+        })
+    };
+
+    let info = json!({
+        "operator_index": me,
+        "operator_id": OperatorId::of(&key.public_key()),
+        "operator_key": key.public_key(),
+        "peer_id": p2p.local_peer_id().to_string(),
+        "federation_id": federation.id(),
+        "federation": federation.params(),
+        "version": env!("CARGO_PKG_VERSION"),
+    });
+    let api = Api {
+        store,
+        inputs,
+        federation,
+        info,
+    };
+    let http_listener = tokio::net::TcpListener::bind(config.http_listen)
+        .await
+        .with_context(|| format!("binding HTTP {}", config.http_listen))?;
+    let metrics_listener = tokio::net::TcpListener::bind(config.metrics_listen)
+        .await
+        .with_context(|| format!("binding metrics {}", config.metrics_listen))?;
+    let bound = Bound {
+        http: http_listener.local_addr()?,
+        metrics: metrics_listener.local_addr()?,
+    };
+    let http = {
+        let c = cancel.clone();
+        tokio::spawn(
+            warp::serve(api::routes(api))
+                .incoming(http_listener)
+                .graceful(async move { c.cancelled().await })
+                .run(),
+        )
+    };
+    let metrics_srv = {
+        let c = cancel.clone();
+        tokio::spawn(
+            warp::serve(api::metrics_routes())
+                .incoming(metrics_listener)
+                .graceful(async move { c.cancelled().await })
+                .run(),
+        )
+    };
+    let done = async move {
+        let _ = http.await;
+        let _ = metrics_srv.await;
+        let _ = engine_task.await;
+        let _ = p2p_task.await;
+        ingress.abort();
+    };
+    Ok((bound, done))
+}

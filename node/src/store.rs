@@ -1,0 +1,457 @@
+//! The operator's RocksDB store. Every column family is listed once in [`Column`]; keys are
+//! big-endian so iteration is ordered; each certified event is written with everything it
+//! changes in one `WriteBatch`.
+//!
+//! Durability: the operator's own votes are written with `sync` (fsync) before they are sent,
+//! grouped per flush, so neither a crash nor a power loss can make it vote twice. Certified events
+//! go through the WAL without fsync: that survives a killed process (the OS keeps the log), and
+//! after a power loss anything lost is fetched back from peers.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use hallmark_protocol::consensus::OwnVotes;
+use hallmark_protocol::{
+    decode, encode, Certificate, CertifiedEvent, Event, EventHash, ItemId, ItemState,
+    ManufacturerId, ManufacturerRecord, OfferId, OfferRecord, Subject,
+};
+use rocksdb::{ColumnFamily, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use serde::{de::DeserializeOwned, Serialize};
+
+/// Version of the on-disk layout; a store of another version is refused.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Every column family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Column {
+    /// Schema version, log length.
+    Meta,
+    /// Event hash -> certified `Event`.
+    Events,
+    /// Event hash -> its `Certificate`.
+    Certificates,
+    /// (subject, height) -> event hash: the certified chains.
+    Chains,
+    /// Item id -> `ItemState`.
+    Items,
+    /// Manufacturer id -> `ManufacturerRecord`.
+    Manufacturers,
+    /// Offer id -> `OfferRecord`.
+    Offers,
+    /// (subject, height) -> this operator's `OwnVotes` there.
+    Votes,
+    /// Log position -> event hash, in the order this operator applied them.
+    Log,
+    /// Evidence of operators voting for two events in one round.
+    Evidence,
+}
+
+impl Column {
+    /// All columns.
+    pub const ALL: [Column; 10] = [
+        Column::Meta,
+        Column::Events,
+        Column::Certificates,
+        Column::Chains,
+        Column::Items,
+        Column::Manufacturers,
+        Column::Offers,
+        Column::Votes,
+        Column::Log,
+        Column::Evidence,
+    ];
+
+    /// The column family's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Column::Meta => "meta",
+            Column::Events => "events",
+            Column::Certificates => "certificates",
+            Column::Chains => "chains",
+            Column::Items => "items",
+            Column::Manufacturers => "manufacturers",
+            Column::Offers => "offers",
+            Column::Votes => "votes",
+            Column::Log => "log",
+            Column::Evidence => "evidence",
+        }
+    }
+}
+
+const META_SCHEMA: &[u8] = b"schema_version";
+const META_LOG_LEN: &[u8] = b"log_len";
+
+/// 33-byte key of a subject: a tag byte then the id.
+pub fn subject_key(s: &Subject) -> [u8; 33] {
+    let (tag, id) = match s {
+        Subject::Manufacturer(m) => (0u8, m.0),
+        Subject::Item(i) => (1, i.0),
+        Subject::Offer(o) => (2, o.0),
+    };
+    let mut k = [0u8; 33];
+    k[0] = tag;
+    k[1..].copy_from_slice(&id);
+    k
+}
+
+/// 41-byte key of a slot: subject key then big-endian height.
+pub fn slot_key(s: &Subject, height: u64) -> [u8; 41] {
+    let mut k = [0u8; 41];
+    k[..33].copy_from_slice(&subject_key(s));
+    k[33..].copy_from_slice(&height.to_be_bytes());
+    k
+}
+
+/// Store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// RocksDB said no.
+    #[error("rocksdb: {0}")]
+    Db(#[from] rocksdb::Error),
+    /// A stored value does not decode: corruption or a foreign store.
+    #[error("corrupt value in column {column}: {error}")]
+    Corrupt {
+        /// Column.
+        column: &'static str,
+        /// Decoder's complaint.
+        error: hallmark_protocol::DecodeError,
+    },
+    /// The store was written by another schema version.
+    #[error("store has schema version {found}, this build reads {SCHEMA_VERSION}")]
+    Schema {
+        /// Version found.
+        found: u32,
+    },
+}
+
+/// The store, shared read-only with the API; only the node's event loop writes.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<DB>,
+}
+
+/// What applying one certified event writes, beyond the event and its certificate.
+pub enum StateChange {
+    /// A manufacturer registered.
+    Manufacturer(ManufacturerRecord),
+    /// An offer was made.
+    Offer(OfferRecord),
+    /// An item's new state.
+    Item(ItemState),
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let db = DB::open_cf(&opts, dir, Column::ALL.map(Column::name))?;
+        let store = Self { db: Arc::new(db) };
+        match store.get_raw(Column::Meta, META_SCHEMA)? {
+            None => {
+                store.db.put_cf(
+                    store.cf(Column::Meta),
+                    META_SCHEMA,
+                    SCHEMA_VERSION.to_be_bytes(),
+                )?;
+            }
+            Some(v) => {
+                let found = v
+                    .as_slice()
+                    .try_into()
+                    .map(u32::from_be_bytes)
+                    .unwrap_or(u32::MAX);
+                if found != SCHEMA_VERSION {
+                    return Err(StoreError::Schema { found });
+                }
+            }
+        }
+        Ok(store)
+    }
+
+    fn cf(&self, c: Column) -> &ColumnFamily {
+        self.db
+            .cf_handle(c.name())
+            .expect("every Column is created when the store is opened")
+    }
+
+    fn get_raw(&self, c: Column, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get_cf(self.cf(c), key)?)
+    }
+
+    fn get<T: Serialize + DeserializeOwned>(
+        &self,
+        c: Column,
+        key: &[u8],
+    ) -> Result<Option<T>, StoreError> {
+        self.get_raw(c, key)?
+            .map(|v| {
+                decode(&v).map_err(|error| StoreError::Corrupt {
+                    column: c.name(),
+                    error,
+                })
+            })
+            .transpose()
+    }
+
+    /// Number of events in this operator's log.
+    pub fn log_len(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .get_raw(Column::Meta, META_LOG_LEN)?
+            .and_then(|v| v.as_slice().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0))
+    }
+
+    /// A certified event by hash.
+    pub fn certified(&self, hash: &EventHash) -> Result<Option<CertifiedEvent>, StoreError> {
+        let Some(event) = self.get::<Event>(Column::Events, &hash.0)? else {
+            return Ok(None);
+        };
+        let certificate: Certificate =
+            self.get(Column::Certificates, &hash.0)?
+                .ok_or(StoreError::Corrupt {
+                    column: Column::Certificates.name(),
+                    error: hallmark_protocol::DecodeError::Malformed("missing certificate".into()),
+                })?;
+        Ok(Some(CertifiedEvent { event, certificate }))
+    }
+
+    /// The certificate of a certified event.
+    pub fn certificate(&self, hash: &EventHash) -> Result<Option<Certificate>, StoreError> {
+        self.get(Column::Certificates, &hash.0)
+    }
+
+    /// The certified event at (subject, height).
+    pub fn chain_at(
+        &self,
+        subject: &Subject,
+        height: u64,
+    ) -> Result<Option<EventHash>, StoreError> {
+        Ok(self
+            .get_raw(Column::Chains, &slot_key(subject, height))?
+            .and_then(|v| v.as_slice().try_into().ok().map(EventHash)))
+    }
+
+    /// The certified chain of a subject, from height 0.
+    pub fn chain(&self, subject: &Subject) -> Result<Vec<CertifiedEvent>, StoreError> {
+        let prefix = subject_key(subject);
+        let mut out = Vec::new();
+        let iter = self.db.iterator_cf(
+            self.cf(Column::Chains),
+            IteratorMode::From(&prefix, rocksdb::Direction::Forward),
+        );
+        for kv in iter {
+            let (k, v) = kv?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let hash = EventHash(v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                column: Column::Chains.name(),
+                error: hallmark_protocol::DecodeError::Malformed("bad hash".into()),
+            })?);
+            if let Some(ce) = self.certified(&hash)? {
+                out.push(ce);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Next height of a subject's chain (0 if it has none).
+    pub fn next_height(&self, subject: &Subject) -> Result<u64, StoreError> {
+        Ok(match subject {
+            Subject::Item(i) => self.item(i)?.map_or(0, |s| s.height + 1),
+            Subject::Manufacturer(m) => u64::from(self.manufacturer(m)?.is_some()),
+            Subject::Offer(o) => u64::from(self.offer(o)?.is_some()),
+        })
+    }
+
+    /// An item's state.
+    pub fn item(&self, id: &ItemId) -> Result<Option<ItemState>, StoreError> {
+        self.get(Column::Items, &id.0)
+    }
+
+    /// A registered manufacturer.
+    pub fn manufacturer(
+        &self,
+        id: &ManufacturerId,
+    ) -> Result<Option<ManufacturerRecord>, StoreError> {
+        self.get(Column::Manufacturers, &id.0)
+    }
+
+    /// An offer.
+    pub fn offer(&self, id: &OfferId) -> Result<Option<OfferRecord>, StoreError> {
+        self.get(Column::Offers, &id.0)
+    }
+
+    /// Log entries `[from, from + limit)`.
+    pub fn log_range(&self, from: u64, limit: usize) -> Result<Vec<CertifiedEvent>, StoreError> {
+        let mut out = Vec::new();
+        let iter = self.db.iterator_cf(
+            self.cf(Column::Log),
+            IteratorMode::From(&from.to_be_bytes(), rocksdb::Direction::Forward),
+        );
+        for kv in iter.take(limit) {
+            let (_, v) = kv?;
+            if let Ok(h) = <[u8; 32]>::try_from(v.as_ref()) {
+                if let Some(ce) = self.certified(&EventHash(h))? {
+                    out.push(ce);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// This operator's votes at a slot.
+    pub fn own_votes(&self, subject: &Subject, height: u64) -> Result<OwnVotes, StoreError> {
+        Ok(self
+            .get(Column::Votes, &slot_key(subject, height))?
+            .unwrap_or_default())
+    }
+
+    /// Durably records this operator's votes at several slots (one fsync).
+    pub fn put_own_votes<'a>(
+        &self,
+        slots: impl IntoIterator<Item = (&'a Subject, u64, &'a OwnVotes)>,
+    ) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        for (s, h, v) in slots {
+            batch.put_cf(self.cf(Column::Votes), slot_key(s, h), encode(v));
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(batch, &wo)?;
+        Ok(())
+    }
+
+    /// Applies a certified event: the event, its certificate, the chain index, the new state and
+    /// a log entry, in one atomic batch. Returns the event's log position.
+    pub fn apply(
+        &self,
+        subject: &Subject,
+        ce: &CertifiedEvent,
+        change: &StateChange,
+    ) -> Result<u64, StoreError> {
+        let hash = ce.certificate.event;
+        let pos = self.log_len()?;
+        let mut b = WriteBatch::default();
+        b.put_cf(self.cf(Column::Events), hash.0, encode(&ce.event));
+        b.put_cf(
+            self.cf(Column::Certificates),
+            hash.0,
+            encode(&ce.certificate),
+        );
+        b.put_cf(
+            self.cf(Column::Chains),
+            slot_key(subject, ce.event.body.height),
+            hash.0,
+        );
+        match change {
+            StateChange::Manufacturer(m) => {
+                b.put_cf(self.cf(Column::Manufacturers), m.id.0, encode(m))
+            }
+            StateChange::Offer(o) => b.put_cf(self.cf(Column::Offers), o.id.0, encode(o)),
+            StateChange::Item(i) => b.put_cf(self.cf(Column::Items), i.id.0, encode(i)),
+        }
+        b.put_cf(self.cf(Column::Log), pos.to_be_bytes(), hash.0);
+        b.put_cf(self.cf(Column::Meta), META_LOG_LEN, (pos + 1).to_be_bytes());
+        self.db.write(b)?;
+        Ok(pos)
+    }
+
+    /// Replaces the certificate of a certified event (by a canonical one with the same event).
+    pub fn replace_certificate(&self, cert: &Certificate) -> Result<(), StoreError> {
+        self.db
+            .put_cf(self.cf(Column::Certificates), cert.event.0, encode(cert))?;
+        Ok(())
+    }
+
+    /// Records evidence under `key`.
+    pub fn put_evidence(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.db.put_cf(self.cf(Column::Evidence), key, value)?;
+        Ok(())
+    }
+
+    /// Number of evidence records.
+    pub fn evidence_count(&self) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for kv in self
+            .db
+            .iterator_cf(self.cf(Column::Evidence), IteratorMode::Start)
+        {
+            kv?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Bytes on disk (SST files and WAL), for metrics.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db
+            .property_int_value(rocksdb::properties::TOTAL_SST_FILES_SIZE)
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hallmark_protocol::testkit::{body, certify, federation, key};
+    use hallmark_protocol::EventKind;
+
+    #[test]
+    fn apply_is_atomic_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = federation(3, 4);
+        let m = key(1);
+        let ev = body(
+            &f,
+            &m,
+            0,
+            EventHash::ZERO,
+            EventKind::RegisterManufacturer { name: "A".into() },
+        )
+        .sign(&m)
+        .unwrap();
+        let ce = certify(&f, ev);
+        let hash = ce.certificate.event;
+        let subject = ce.event.subject(hash);
+        let rec = ManufacturerRecord::from_event(&ce.event, hash).unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            assert_eq!(
+                s.apply(&subject, &ce, &StateChange::Manufacturer(rec.clone()))
+                    .unwrap(),
+                0
+            );
+            let mut v = OwnVotes::default();
+            v.prevotes.push((0, hash));
+            s.put_own_votes([(&subject, 0, &v)]).unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.log_len().unwrap(), 1);
+        assert_eq!(s.certified(&hash).unwrap(), Some(ce.clone()));
+        assert_eq!(s.chain(&subject).unwrap(), vec![ce]);
+        assert_eq!(s.manufacturer(&rec.id).unwrap(), Some(rec));
+        assert_eq!(s.next_height(&subject).unwrap(), 1);
+        assert_eq!(s.own_votes(&subject, 0).unwrap().prevotes, vec![(0, hash)]);
+        assert_eq!(s.log_range(0, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn refuses_another_schema_version() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            s.db.put_cf(s.cf(Column::Meta), META_SCHEMA, 99u32.to_be_bytes())
+                .unwrap();
+        }
+        assert!(matches!(
+            Store::open(dir.path()),
+            Err(StoreError::Schema { found: 99 })
+        ));
+    }
+}

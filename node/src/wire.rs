@@ -1,0 +1,52 @@
+//! What operators send each other: gossip messages and catch-up requests, postcard-encoded.
+
+use hallmark_protocol::{BatchVote, CertifiedEvent, Event, Subject};
+use serde::{Deserialize, Serialize};
+
+/// Largest number of certified events in one catch-up response.
+pub const MAX_CATCHUP_EVENTS: usize = 1024;
+
+/// A gossip message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Gossip {
+    /// An operator's signed vote batch, with the events it prevotes for the first time (so a
+    /// receiver can validate them and vote too).
+    Votes {
+        /// Events first voted on in this batch.
+        events: Vec<Event>,
+        /// The signed votes.
+        batch: BatchVote,
+        /// Makes a re-broadcast of the same votes a new message for gossipsub.
+        nonce: u64,
+    },
+    /// Certified events.
+    Certified(Vec<CertifiedEvent>),
+}
+
+/// A catch-up request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Rpc {
+    /// Entries `[from, from + limit)` of the responder's log.
+    LogRange {
+        /// First position.
+        from: u64,
+        /// Most entries.
+        limit: u32,
+    },
+    /// A subject's certified chain from `from_height`.
+    Chain {
+        /// Subject.
+        subject: Subject,
+        /// First height.
+        from_height: u64,
+    },
+}
+
+/// A catch-up response.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RpcResponse {
+    /// The responder's log length.
+    pub log_len: u64,
+    /// The events asked for (possibly fewer).
+    pub events: Vec<CertifiedEvent>,
+}
