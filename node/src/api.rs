@@ -24,6 +24,16 @@ pub const MAX_BODY_BYTES: u64 = 64 * 1024;
 /// Default and largest wait for a certificate.
 pub const DEFAULT_WAIT_MS: u64 = 5_000;
 const MAX_WAIT_MS: u64 = 30_000;
+/// Route prefixes used as metric labels (anything else is "other": bounded cardinality).
+const ROUTES: [&str; 7] = [
+    "/v1/events",
+    "/v1/items",
+    "/v1/manufacturers",
+    "/v1/offers",
+    "/v1/log",
+    "/v1/info",
+    "/v1/health",
+];
 /// Most log entries per request.
 pub const MAX_LOG_LIMIT: usize = 1_000;
 
@@ -256,7 +266,7 @@ impl Api {
         }
     }
 
-    fn log(&self, q: LogQuery) -> Response {
+    fn log(&self, q: &LogQuery) -> Response {
         let from = q.from.unwrap_or(0);
         let limit = q.limit.unwrap_or(100).min(MAX_LOG_LIMIT);
         match (self.store.log_len(), self.store.log_range(from, limit)) {
@@ -356,7 +366,7 @@ pub fn routes(api: Api) -> warp::filters::BoxedFilter<(Response,)> {
         .and(warp::get())
         .and(with())
         .and(warp::query::<LogQuery>())
-        .map(|api: Api, q: LogQuery| api.log(q));
+        .map(|api: Api, q: LogQuery| api.log(&q));
     let info = warp::path!("v1" / "info")
         .and(warp::get())
         .and(with())
@@ -394,8 +404,13 @@ pub fn routes(api: Api) -> warp::filters::BoxedFilter<(Response,)> {
                 .take(3)
                 .collect::<Vec<_>>()
                 .join("/");
+            let route = ROUTES
+                .iter()
+                .find(|r| **r == route)
+                .copied()
+                .unwrap_or("other");
             metrics::HTTP_REQUESTS
-                .with_label_values(&[&route, r.status().as_str()])
+                .with_label_values(&[route, r.status().as_str()])
                 .inc();
             r
         })

@@ -241,7 +241,7 @@ impl Engine {
                 let _ = reply.send(r);
                 Ok(())
             }
-            Input::Gossip(Verified::Votes { events, batch }) => self.on_votes(events, batch),
+            Input::Gossip(Verified::Votes { events, batch }) => self.on_votes(events, &batch),
             Input::Gossip(Verified::Certified(list)) => {
                 list.into_iter().try_for_each(|ce| self.on_certified(ce))
             }
@@ -474,7 +474,7 @@ impl Engine {
     fn on_votes(
         &mut self,
         events: Vec<(Event, EventHash)>,
-        batch: VerifiedBatch,
+        batch: &VerifiedBatch,
     ) -> Result<(), StoreError> {
         let Some(op) = self.cfg.federation.operator_index(&batch.operator()) else {
             return Ok(());
@@ -498,7 +498,7 @@ impl Engine {
             } else if let Some(stored) = self.cfg.store.certificate(&vote.event)? {
                 if vote.phase == Phase::Commit && vote.round == stored.round {
                     let att = batch.attestation(i).expect("index within the batch");
-                    self.upgrade_certificate(stored, [att])?;
+                    self.upgrade_certificate(&stored, [att])?;
                 }
             } else if self.early_count < MAX_EARLY_VOTES {
                 self.early_votes
@@ -560,7 +560,7 @@ impl Engine {
     /// `m` lowest operator indices), so all operators converge on byte-identical certificates.
     fn upgrade_certificate(
         &mut self,
-        stored: Certificate,
+        stored: &Certificate,
         extra: impl IntoIterator<Item = Attestation>,
     ) -> Result<(), StoreError> {
         let vote = Vote::commit(stored.event, stored.round);
@@ -572,7 +572,7 @@ impl Engine {
         }
         let best = Certificate::assemble(&self.cfg.federation, vote, atts.into_values())
             .expect("a stored certificate has m attestations");
-        if best != stored {
+        if best != *stored {
             self.cfg.store.replace_certificate(&best)?;
         }
         Ok(())
@@ -583,7 +583,7 @@ impl Engine {
         let hash = ce.certificate.event;
         if let Some(stored) = self.cfg.store.certificate(&hash)? {
             if stored.round == ce.certificate.round {
-                self.upgrade_certificate(stored, ce.certificate.attestations)?;
+                self.upgrade_certificate(&stored, ce.certificate.attestations)?;
             }
             return Ok(());
         }
@@ -601,17 +601,17 @@ impl Engine {
             }
             return Ok(());
         }
-        self.apply(subject, ce)?;
+        self.apply(subject, &ce)?;
         // Later events of this chain that arrived early.
         let mut h = height + 1;
         while let Some(next) = self.orphans.remove(&(subject, h)) {
-            self.apply(subject, next)?;
+            self.apply(subject, &next)?;
             h += 1;
         }
         Ok(())
     }
 
-    fn apply(&mut self, subject: Subject, ce: CertifiedEvent) -> Result<(), StoreError> {
+    fn apply(&mut self, subject: Subject, ce: &CertifiedEvent) -> Result<(), StoreError> {
         let hash = ce.certificate.event;
         let store = &self.cfg.store;
         let change = match &ce.event.body.kind {
@@ -639,7 +639,7 @@ impl Engine {
             }
         };
         let height = ce.event.body.height;
-        store.apply(&subject, &ce, &change)?;
+        store.apply(&subject, ce, &change)?;
         metrics::CERTIFIED
             .with_label_values(&[ce.event.body.kind.name()])
             .inc();

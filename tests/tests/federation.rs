@@ -97,3 +97,446 @@ async fn mint_is_certified_and_identical_on_all_four() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_of_four_certify_while_one_is_down_and_it_catches_up() -> Result<()> {
+    let mut h = Harness::start(BIN, 4, 3).await?;
+    let m = manufacturer(&h, 0).await?;
+    h.stop(3)?;
+    let owner = h.author();
+    let mut items = Vec::new();
+    for k in 0..5 {
+        let serial = format!("SN-{k}");
+        mint(&h, k % 3, &m, &serial, &owner).await?;
+        items.push(item_id(&m, &serial));
+    }
+    // A transfer too, so the returning operator must apply chains in order.
+    let state = h.client(0).item(&items[0]).await?.expect("minted");
+    let to = h.author();
+    let t = owner.next(
+        &state,
+        EventKind::Transfer {
+            item: items[0],
+            to: to.key.public_key(),
+        },
+    );
+    h.client(1).submit(&t, WAIT).await?.certified()?;
+
+    h.restart(3)?;
+    h.wait_connected(3, 3).await?;
+    converged(&h, &[0, 1, 2, 3], items[0], 1).await?;
+    for item in &items[1..] {
+        converged(&h, &[0, 1, 2, 3], *item, 0).await?;
+    }
+    let (len3, _) = h.client(3).log(0, 1).await?;
+    let (len0, _) = h.client(0).log(0, 1).await?;
+    assert_eq!(len3, len0, "the returning operator holds the whole log");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn conflicting_transfers_never_get_two_certificates() -> Result<()> {
+    let h = Harness::start(BIN, 4, 3).await?;
+    let m = manufacturer(&h, 0).await?;
+    let owner = h.author();
+    const ROUNDS: usize = 12;
+    let mut later_rounds = 0;
+    for k in 0..ROUNDS {
+        let serial = format!("SN-{k}");
+        mint(&h, 0, &m, &serial, &owner).await?;
+        let item = item_id(&m, &serial);
+        let state = poll_until(WAIT, "item on every operator", || async {
+            let mut s = None;
+            for i in 0..4 {
+                s = Some(h.client(i).item(&item).await.ok()??);
+            }
+            s
+        })
+        .await?;
+        // The owner equivocates: conflicting transfers of the item at one height, sent at once
+        // to different operators (two events split 2/2, or four split 1/1/1/1).
+        let kinds = if k % 2 == 0 { 2 } else { 4 };
+        let events: Vec<_> = (0..kinds)
+            .map(|_| {
+                owner.next(
+                    &state,
+                    EventKind::Transfer {
+                        item,
+                        to: h.author().key.public_key(),
+                    },
+                )
+            })
+            .collect();
+        let mut tasks = Vec::new();
+        for i in 0..4 {
+            let c = h.client(i);
+            let ev = events[i % kinds].clone();
+            tasks.push(tokio::spawn(async move {
+                c.submit(&ev, Duration::from_secs(15)).await
+            }));
+        }
+        let mut certified = Vec::new();
+        for t in tasks {
+            if let Ok(Ok(outcome)) = t.await {
+                if let Ok(ce) = outcome.certified() {
+                    certified.push(ce.certificate.event);
+                }
+            }
+        }
+        certified.sort();
+        certified.dedup();
+        assert!(
+            certified.len() <= 1,
+            "round {k}: two events certified at one height: {certified:?}"
+        );
+        // Whatever the split, the item is not stuck: exactly one of the four is certified
+        // everywhere (later voting rounds resolve a split; see docs/consensus.md).
+        let hist = converged(&h, &[0, 1, 2, 3], item, 1).await?;
+        assert!(events.iter().any(|e| e == &hist[1].event));
+        later_rounds += usize::from(hist[1].certificate.round > 0);
+        if let Some(c) = certified.first() {
+            assert_eq!(*c, hist[1].certificate.event);
+        }
+    }
+    println!("{later_rounds} of {ROUNDS} conflicts were decided after a split round 0");
+    assert!(
+        later_rounds > 0,
+        "no conflict was ever split: the test exercised nothing"
+    );
+    for i in 0..4 {
+        let info = h.client(i).info().await?;
+        assert_eq!(
+            info["evidence_records"], 0,
+            "no honest operator equivocated"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replayed_and_forged_events_are_rejected_with_codes() -> Result<()> {
+    let h = Harness::start(BIN, 4, 3).await?;
+    let c = h.client(0);
+    let m = manufacturer(&h, 0).await?;
+    let owner = h.author();
+    let mint_ce = mint(&h, 0, &m, "SN-1", &owner).await?;
+    let item = item_id(&m, "SN-1");
+    let state = c.item(&item).await?.expect("minted");
+
+    // Replay of a certified event: acknowledged as already certified, nothing changes.
+    let again = c.submit(&mint_ce.event, WAIT).await?.certified()?;
+    assert_eq!(again.event, mint_ce.event);
+
+    let mut forged = owner.next(
+        &state,
+        EventKind::Transfer {
+            item,
+            to: h.author().key.public_key(),
+        },
+    );
+    forged.signature.0[3] ^= 1;
+    let mut wrong_fed = owner.next(
+        &state,
+        EventKind::Transfer {
+            item,
+            to: h.author().key.public_key(),
+        },
+    );
+    wrong_fed.body.federation = hallmark_protocol::FederationId([9; 32]);
+    let wrong_fed = wrong_fed.body.sign(&owner.key)?;
+    let thief = h.author();
+    let cases = [
+        ("forged signature", forged, "bad_signature"),
+        ("another federation", wrong_fed, "wrong_federation"),
+        (
+            "not the owner",
+            thief.next(
+                &state,
+                EventKind::Transfer {
+                    item,
+                    to: thief.key.public_key(),
+                },
+            ),
+            "not_authorized",
+        ),
+        (
+            "old height (replay of a new event at a used height)",
+            owner.event(0, EventHash::ZERO, EventKind::Retire { item }),
+            "bad_height",
+        ),
+        (
+            "height gap",
+            owner.event(5, state.head, EventKind::Retire { item }),
+            "future_height",
+        ),
+        (
+            "unknown manufacturer",
+            h.author().event(
+                0,
+                EventHash::ZERO,
+                EventKind::Mint {
+                    serial: "X".into(),
+                    product: "P".into(),
+                    owner: owner.key.public_key(),
+                },
+            ),
+            "unknown_manufacturer",
+        ),
+    ];
+    for (name, ev, code) in cases {
+        let out = c.submit(&ev, WAIT).await?;
+        assert_eq!(out.code(), Some(code), "{name}: {out:?}");
+    }
+    // Stale: a transfer at height 1 certified, then another at height 1.
+    let t1 = owner.next(
+        &state,
+        EventKind::Transfer {
+            item,
+            to: thief.key.public_key(),
+        },
+    );
+    c.submit(&t1, WAIT).await?.certified()?;
+    let stale = owner.next(&state, EventKind::Retire { item });
+    assert_eq!(c.submit(&stale, WAIT).await?.code(), Some("stale_height"));
+
+    // Malformed and oversize bodies.
+    let http = reqwest_client();
+    let r = http
+        .post(format!("{}/v1/events", c.base()))
+        .body("{not json")
+        .header("content-type", "application/json")
+        .send()
+        .await?;
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        r.json::<serde_json::Value>().await?["error"]["code"],
+        "malformed_json"
+    );
+    let big = vec![b'x'; 100 * 1024];
+    let r = http
+        .post(format!("{}/v1/events", c.base()))
+        .body(big)
+        .send()
+        .await?;
+    assert_eq!(r.status(), 413);
+    assert_eq!(
+        r.json::<serde_json::Value>().await?["error"]["code"],
+        "body_too_large"
+    );
+    let r = http
+        .get(format!("{}/v1/items/nothex", c.base()))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 400);
+
+    // Nothing of the rejected events was stored: the history is mint + t1.
+    let hist = converged(&h, &[0, 1, 2, 3], item, 1).await?;
+    assert_eq!(hist.len(), 2);
+    assert_eq!(hist[1].event, t1);
+    Ok(())
+}
+
+fn reqwest_client() -> reqwest::Client {
+    // No connection reuse: the server closes a connection after refusing an oversize body.
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client builds")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_under_load_loses_nothing_and_never_double_votes() -> Result<()> {
+    let mut h = Harness::start(BIN, 4, 3).await?;
+    let m = manufacturer(&h, 0).await?;
+    let owner = h.author();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for w in 0..6 {
+        let (clients, m, owner, stop) = (
+            (0..4).map(|i| h.client(i)).collect::<Vec<_>>(),
+            m.clone(),
+            owner.clone(),
+            stop.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut k = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let ev = m.event(
+                    0,
+                    EventHash::ZERO,
+                    EventKind::Mint {
+                        serial: format!("W{w}-{k}"),
+                        product: "P".into(),
+                        owner: owner.key.public_key(),
+                    },
+                );
+                // Operators 0 and 1 stay up; 2 and 3 may be dead or restarting.
+                let c = &clients[k % 2];
+                if let Ok(out) = c.submit(&ev, Duration::from_secs(10)).await {
+                    if let Ok(ce) = out.certified() {
+                        acked.push(ce.certificate.event);
+                    }
+                }
+                k += 1;
+            }
+            acked
+        }));
+    }
+    // And a worker that makes the owner equivocate while operators die: if a restarted operator
+    // forgot a vote it had sent, it would vote again in the same round and the others would
+    // record evidence of it.
+    {
+        let (clients, m, owner, stop) = (
+            (0..4).map(|i| h.client(i)).collect::<Vec<_>>(),
+            m.clone(),
+            owner.clone(),
+            stop.clone(),
+        );
+        let fed = h.federation.id();
+        workers.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut k = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let ev = m.event(
+                    0,
+                    EventHash::ZERO,
+                    EventKind::Mint {
+                        serial: format!("C-{k}"),
+                        product: "P".into(),
+                        owner: owner.key.public_key(),
+                    },
+                );
+                k += 1;
+                let Ok(Ok(ce)) = clients[0]
+                    .submit(&ev, Duration::from_secs(10))
+                    .await
+                    .map(|o| o.certified())
+                else {
+                    continue;
+                };
+                acked.push(ce.certificate.event);
+                let item = match ce.event.subject(ce.certificate.event) {
+                    hallmark_protocol::Subject::Item(i) => i,
+                    _ => unreachable!(),
+                };
+                let pair: Vec<_> = (0..2)
+                    .map(|_| {
+                        let to = Author::new(fed, hallmark_node::keyfile::generate())
+                            .key
+                            .public_key();
+                        owner.event(1, ce.certificate.event, EventKind::Transfer { item, to })
+                    })
+                    .collect();
+                let subs: Vec<_> = (0..4)
+                    .map(|i| {
+                        let (c, ev) = (clients[i].clone(), pair[i % 2].clone());
+                        tokio::spawn(async move { c.submit(&ev, Duration::from_secs(10)).await })
+                    })
+                    .collect();
+                for s in subs {
+                    if let Ok(Ok(out)) = s.await {
+                        if let Ok(ce) = out.certified() {
+                            acked.push(ce.certificate.event);
+                        }
+                    }
+                }
+            }
+            acked
+        }));
+    }
+    for victim in [2, 3, 2] {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        h.kill(victim)?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        h.restart(victim)?;
+        h.wait_connected(victim, 3).await?;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for w in workers {
+        acked.extend(w.await?);
+    }
+    assert!(
+        acked.len() > 20,
+        "load produced only {} events",
+        acked.len()
+    );
+    // Every operator, the killed ones included, ends with the same log holding every
+    // acknowledged event.
+    let len = poll_until(Duration::from_secs(30), "equal logs", || async {
+        let mut lens = Vec::new();
+        for i in 0..4 {
+            lens.push(h.client(i).log(0, 1).await.ok()?.0);
+        }
+        (lens.iter().all(|l| *l == lens[0])).then_some(lens[0])
+    })
+    .await?;
+    for i in 0..4 {
+        let c = h.client(i);
+        for hash in &acked {
+            assert!(
+                c.event(hash).await?.is_some(),
+                "operator {i} lost certified event {hash}"
+            );
+        }
+        let info = c.info().await?;
+        assert_eq!(
+            info["evidence_records"], 0,
+            "operator {i} saw a double vote"
+        );
+    }
+    println!(
+        "{} events acknowledged, logs of {len} entries identical in length on all operators",
+        acked.len()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn non_members_are_refused_and_counted() -> Result<()> {
+    let h = Harness::start(BIN, 4, 3).await?;
+    let metrics_url = {
+        let cfg =
+            hallmark_node::config::OperatorConfig::load(&h.operator_dir(0).join("operator.toml"))?;
+        format!("http://{}/metrics", cfg.config.metrics_listen)
+    };
+    let denied = || async {
+        let text = reqwest::get(&metrics_url).await.ok()?.text().await.ok()?;
+        text.lines()
+            .find(|l| l.starts_with("hallmark_p2p_connections_denied_total"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse::<f64>()
+            .ok()
+    };
+    let before = denied().await.expect("metric exported");
+    // An outsider with its own key dials operator 0 as if it were a member.
+    let outsider = hallmark_node::keyfile::generate();
+    let target = &h.peers[0];
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let (_handle, _events, _task) = hallmark_p2p::spawn(
+        hallmark_p2p::P2pConfig {
+            secret: outsider.secret_bytes(),
+            listen: "/ip4/127.0.0.1/tcp/0".parse()?,
+            members: vec![(target.peer_id, target.address.clone())],
+            topic: format!("hallmark/{}/v1", h.federation.id()),
+        },
+        cancel.clone(),
+    )
+    .await?;
+    poll_until(
+        Duration::from_secs(15),
+        "the outsider's connection to be refused",
+        || async { (denied().await? > before).then_some(()) },
+    )
+    .await?;
+    let info = h.client(0).info().await?;
+    assert_eq!(
+        info["peers_connected"], 3,
+        "the outsider is not counted as a peer"
+    );
+    cancel.cancel();
+    Ok(())
+}
