@@ -62,8 +62,9 @@ struct InitArgs {
     /// Signatures a certificate needs (must be more than half; 3-of-4 tolerates one faulty operator).
     #[arg(long, default_value_t = 3)]
     quorum: u32,
-    /// First port: operator i listens on p2p BASE+i, HTTP BASE+100+i, metrics BASE+200+i.
-    #[arg(long, default_value_t = 47100)]
+    /// First port: operator i listens on p2p BASE+i, HTTP BASE+100+i, metrics BASE+200+i
+    /// (keep below 32768, where Linux hands out ephemeral ports).
+    #[arg(long, default_value_t = 27100)]
     base_port: u16,
     /// How operators check sale payments: none, or mock (accepts any settlement; tests and demos).
     #[arg(long, value_enum, default_value = "mock")]
@@ -87,6 +88,7 @@ fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 

@@ -36,6 +36,8 @@ const MAX_EARLY_VOTES: usize = 100_000;
 const MAX_ORPHANS: usize = 100_000;
 /// Most slots with candidates waiting for their chain to advance.
 const MAX_DEFERRED_SLOTS: usize = 10_000;
+/// Least time between two fetches of one subject's chain.
+const CHAIN_FETCH_EVERY: Duration = Duration::from_secs(2);
 /// How often stalled rounds and catch-up are checked.
 const TICK: Duration = Duration::from_millis(200);
 
@@ -165,6 +167,7 @@ pub struct Engine {
     peers: HashSet<PeerId>,
     cursors: HashMap<PeerId, u64>,
     catching_up: HashSet<PeerId>,
+    chain_fetches: HashMap<Subject, Instant>,
     next_peer: usize,
 }
 
@@ -197,6 +200,7 @@ impl Engine {
             peers: HashSet::new(),
             cursors: HashMap::new(),
             catching_up: HashSet::new(),
+            chain_fetches: HashMap::new(),
             next_peer: 0,
         }
     }
@@ -599,6 +603,8 @@ impl Engine {
             if self.orphans.len() < MAX_ORPHANS {
                 self.orphans.insert((subject, height), ce);
             }
+            // We missed earlier events of this chain: fetch them by subject.
+            self.fetch_chain(subject, next);
             return Ok(());
         }
         self.apply(subject, &ce)?;
@@ -769,6 +775,61 @@ impl Engine {
                     log_len,
                     events,
                 })
+                .await;
+        });
+    }
+
+    /// Asks a connected peer for a subject's chain from `from_height` (at most one request per
+    /// subject every few seconds).
+    fn fetch_chain(&mut self, subject: Subject, from_height: u64) {
+        let now = Instant::now();
+        if self
+            .chain_fetches
+            .get(&subject)
+            .is_some_and(|t| now.duration_since(*t) < CHAIN_FETCH_EVERY)
+        {
+            return;
+        }
+        let Some(peer) = self
+            .cfg
+            .peer_ids
+            .iter()
+            .find(|p| self.peers.contains(p))
+            .copied()
+        else {
+            return;
+        };
+        if self.chain_fetches.len() > MAX_DEFERRED_SLOTS {
+            self.chain_fetches
+                .retain(|_, t| now.duration_since(*t) < CHAIN_FETCH_EVERY);
+        }
+        self.chain_fetches.insert(subject, now);
+        let (p2p, inputs, federation) = (
+            self.cfg.p2p.clone(),
+            self.inputs.clone(),
+            self.cfg.federation.clone(),
+        );
+        tokio::spawn(async move {
+            let req = encode(&Rpc::Chain {
+                subject,
+                from_height,
+            });
+            let Ok(bytes) = p2p.request(peer, req).await else {
+                return;
+            };
+            let Ok(r) = hallmark_protocol::decode::<RpcResponse>(&bytes) else {
+                return;
+            };
+            let events = tokio::task::spawn_blocking(move || {
+                r.events
+                    .into_iter()
+                    .filter(|ce| ce.verify(&federation).is_ok())
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default();
+            let _ = inputs
+                .send(Input::Gossip(Verified::Certified(events)))
                 .await;
         });
     }
