@@ -7,6 +7,7 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use crate::commands::{self, ClientOpts, Ctx, KeyCmd, ManufacturerCmd};
 use crate::config::{OperatorConfig, PaymentMode};
 use crate::{demo, devnet, service};
 
@@ -17,6 +18,8 @@ use crate::{demo, devnet, service};
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    client: ClientOpts,
 }
 
 #[derive(Subcommand)]
@@ -27,6 +30,47 @@ enum Command {
     /// A local federation of operator processes on loopback.
     #[command(subcommand)]
     Devnet(DevnetCmd),
+    /// Key pairs (files with mode 0600).
+    #[command(subcommand)]
+    Key(KeyCmd),
+    /// Manufacturer registration.
+    #[command(subcommand)]
+    Manufacturer(ManufacturerCmd),
+    /// Mint an item as a registered manufacturer; prints its id and the URI for its QR/NFC tag.
+    Mint {
+        /// Serial number (unique per manufacturer).
+        #[arg(long)]
+        serial: String,
+        /// What the item is.
+        #[arg(long, default_value = "item")]
+        product: String,
+        /// First owner's public key (default: the manufacturer's own key).
+        #[arg(long)]
+        owner: Option<hallmark_protocol::PublicKey>,
+    },
+    /// Give an item you own to someone else.
+    Transfer {
+        /// Item id or hallmark: URI.
+        item: String,
+        /// New owner's public key.
+        #[arg(long)]
+        to: hallmark_protocol::PublicKey,
+    },
+    /// Show an item's verified history (exit codes as for scan).
+    History {
+        /// Item id or hallmark: URI.
+        item: String,
+    },
+    /// Verify an item against several operators at once, trusting none of them.
+    ///
+    /// Prints AUTHENTIC (with owner and state), COUNTERFEIT (histories served, none verifies),
+    /// UNKNOWN (never minted), INCONSISTENT (operators serve conflicting certified histories) or
+    /// UNREACHABLE, with the reasons and what each operator said. Exit codes: 0 authentic,
+    /// 10 counterfeit, 11 unknown, 12 inconsistent, 13 unreachable, 1 other errors.
+    Scan {
+        /// Item id or hallmark:<item>@<federation> URI (what the tag carries).
+        item: String,
+    },
     /// Runs the protocol end to end in one process: a 3-of-4 federation certifies a
     /// manufacturer, a mint and a transfer; a client verifies the item's history, and a
     /// tampered history is caught. Needs no network and no bitcoind.
@@ -105,14 +149,33 @@ fn cancel_on_signals(token: CancellationToken) -> Result<()> {
     Ok(())
 }
 
-async fn run(cli: Cli) -> Result<()> {
+async fn run(cli: Cli) -> Result<u8> {
+    let opts = cli.client;
     match cli.command {
-        Command::Demo => demo::run(),
+        Command::Key(cmd) => commands::key(&opts, &cmd).map(|()| 0),
+        Command::Manufacturer(ManufacturerCmd::Register { name }) => {
+            commands::register(&Ctx::load(&opts)?, &name)
+                .await
+                .map(|()| 0)
+        }
+        Command::Mint {
+            serial,
+            product,
+            owner,
+        } => commands::mint(&Ctx::load(&opts)?, &serial, &product, owner)
+            .await
+            .map(|()| 0),
+        Command::Transfer { item, to } => commands::transfer(&Ctx::load(&opts)?, &item, to)
+            .await
+            .map(|()| 0),
+        Command::History { item } => commands::history(&Ctx::load(&opts)?, &item).await,
+        Command::Scan { item } => commands::scan(&Ctx::load(&opts)?, &item).await,
+        Command::Demo => demo::run().map(|()| 0),
         Command::Operator(OperatorCmd::Run { config }) => {
             let loaded = OperatorConfig::load(&config)?;
             let cancel = CancellationToken::new();
             cancel_on_signals(cancel.clone())?;
-            service::run(loaded, cancel).await
+            service::run(loaded, cancel).await.map(|()| 0)
         }
         Command::Devnet(DevnetCmd::Init(a)) => {
             devnet::init(
@@ -136,9 +199,9 @@ async fn run(cli: Cli) -> Result<()> {
                 a.dir.display(),
                 a.dir.display()
             );
-            Ok(())
+            Ok(0)
         }
-        Command::Devnet(DevnetCmd::Up { dir }) => devnet::up(&dir).await,
+        Command::Devnet(DevnetCmd::Up { dir }) => devnet::up(&dir).await.map(|()| 0),
     }
 }
 
@@ -157,7 +220,7 @@ pub fn main() -> ExitCode {
         }
     };
     match rt.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

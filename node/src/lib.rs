@@ -4,6 +4,7 @@
 pub mod api;
 pub mod cli;
 pub mod client;
+pub mod commands;
 pub mod config;
 pub mod demo;
 pub mod devnet;
@@ -12,4 +13,5 @@ pub mod keyfile;
 pub mod metrics;
 pub mod service;
 pub mod store;
+pub mod verifier;
 pub mod wire;

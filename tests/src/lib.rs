@@ -15,6 +15,7 @@ use hallmark_node::keyfile;
 use hallmark_protocol::{Federation, SigningKey};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use warp::Reply as _;
 
 /// Polls `f` every 50 ms until it returns `Some`, failing after `timeout` with `what`.
 pub async fn poll_until<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> Result<T>
@@ -170,6 +171,36 @@ impl Harness {
         self.signal(i, Signal::SIGTERM)
     }
 
+    /// SIGSTOP operator `i`: it holds its connections but answers nothing.
+    pub fn pause(&self, i: usize) -> Result<()> {
+        let c = self.children[i].as_ref().context("operator not running")?;
+        kill(Pid::from_raw(c.id() as i32), Signal::SIGSTOP)?;
+        // The stop reaches every thread asynchronously: wait until the kernel reports it.
+        let stat = format!("/proc/{}/stat", c.id());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let s = std::fs::read_to_string(&stat)?;
+            let state = s.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+            if state == Some('T') {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        bail!("operator {i} did not stop")
+    }
+
+    /// SIGCONT operator `i`.
+    pub fn resume(&self, i: usize) -> Result<()> {
+        let c = self.children[i].as_ref().context("operator not running")?;
+        kill(Pid::from_raw(c.id() as i32), Signal::SIGCONT)?;
+        Ok(())
+    }
+
+    /// Operator `i`'s signing key (tests that play a Byzantine operator use it).
+    pub fn operator_key(&self, i: usize) -> Result<SigningKey> {
+        keyfile::read(&self.operator_dir(i).join("operator.key"))
+    }
+
     /// Starts operator `i` again (same config and data).
     pub fn restart(&mut self, i: usize) -> Result<()> {
         if self.children[i].is_some() {
@@ -188,8 +219,22 @@ impl Harness {
 impl Drop for Harness {
     fn drop(&mut self) {
         for c in self.children.iter_mut().flatten() {
+            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGCONT);
             let _ = c.kill();
             let _ = c.wait();
         }
     }
+}
+
+/// A lying "operator": an HTTP server that answers every item-history request with `history`.
+/// Returns its base URL; it runs until the test's runtime ends.
+pub async fn fake_operator(history: serde_json::Value) -> Result<String> {
+    use warp::Filter;
+    let route = warp::path!("v1" / "items" / String / "history")
+        .map(move |_id: String| warp::reply::json(&history).into_response())
+        .boxed();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(warp::serve(route).incoming(listener).run());
+    Ok(url)
 }
