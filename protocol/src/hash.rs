@@ -24,6 +24,8 @@ pub mod tags {
     pub const VOTE_BATCH: &str = "hallmark/v1/vote-batch";
     /// An interior node of every Hallmark Merkle tree.
     pub const MERKLE_NODE: &str = "hallmark/v1/merkle-node";
+    /// [`crate::checkpoint::CheckpointHash`]: the canonical bytes of a checkpoint.
+    pub const CHECKPOINT: &str = "hallmark/v1/checkpoint";
 }
 
 /// The 64-byte prefix `SHA256(tag) || SHA256(tag)`.
@@ -85,6 +87,7 @@ mod tests {
             tags::VOTE_LEAF,
             tags::VOTE_BATCH,
             tags::MERKLE_NODE,
+            tags::CHECKPOINT,
         ];
         let set: std::collections::HashSet<_> = all.iter().collect();
         assert_eq!(set.len(), all.len());

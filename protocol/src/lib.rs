@@ -10,9 +10,11 @@
 //! - [`merkle`], [`certificate`]: batched votes and quorum certificates.
 //! - [`consensus`]: two-phase agreement with rounds and locks on one (subject, height).
 //! - [`verify`]: the zero-trust verification a scanning client runs.
+//! - [`checkpoint`]: checkpoints, Bitcoin anchors and offline proof bundles.
 
 pub mod bytes;
 pub mod certificate;
+pub mod checkpoint;
 pub mod consensus;
 pub mod encoding;
 pub mod event;

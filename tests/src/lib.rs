@@ -180,7 +180,9 @@ impl Harness {
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             let s = std::fs::read_to_string(&stat)?;
-            let state = s.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+            let state = s
+                .rsplit_once(") ")
+                .and_then(|(_, rest)| rest.chars().next());
             if state == Some('T') {
                 return Ok(());
             }
