@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
+use hallmark_protocol::checkpoint::{AnchoredProof, ProofBundle, ProvenEvent};
 use hallmark_protocol::{
     CertifiedEvent, Event, EventError, EventHash, Federation, ItemId, ManufacturerId, OfferId,
     Subject,
@@ -25,7 +26,7 @@ pub const MAX_BODY_BYTES: u64 = 64 * 1024;
 pub const DEFAULT_WAIT_MS: u64 = 5_000;
 const MAX_WAIT_MS: u64 = 30_000;
 /// Route prefixes used as metric labels (anything else is "other": bounded cardinality).
-const ROUTES: [&str; 7] = [
+const ROUTES: [&str; 8] = [
     "/v1/events",
     "/v1/items",
     "/v1/manufacturers",
@@ -33,6 +34,7 @@ const ROUTES: [&str; 7] = [
     "/v1/log",
     "/v1/info",
     "/v1/health",
+    "/v1/checkpoints",
 ];
 /// Most log entries per request.
 pub const MAX_LOG_LIMIT: usize = 1_000;
@@ -266,6 +268,86 @@ impl Api {
         }
     }
 
+    fn checkpoints(&self, q: &LogQuery) -> Response {
+        let from = q.from.unwrap_or(0);
+        let limit = q.limit.unwrap_or(100).min(MAX_LOG_LIMIT) as u64;
+        let result = (|| {
+            let next = self.store.next_checkpoint()?;
+            let mut list = Vec::new();
+            for n in from..next.min(from.saturating_add(limit)) {
+                if let Some(f) = self.store.checkpoint(n)? {
+                    list.push(json!({"number": n, "hash": f.certified.checkpoint.hash(), "final": f, "anchor": self.store.anchor(n)?}));
+                }
+            }
+            Ok::<_, crate::store::StoreError>(json!({"next": next, "checkpoints": list}))
+        })();
+        match result {
+            Ok(v) => ok(&v),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e),
+        }
+    }
+
+    /// The item's proof bundle: every certified event, and for those in an anchored checkpoint
+    /// the inclusion proof, the certified checkpoint and its Bitcoin anchor.
+    pub fn proof_bundle(
+        store: &Store,
+        id: &ItemId,
+    ) -> Result<Option<ProofBundle>, crate::store::StoreError> {
+        let Some(state) = store.item(id)? else {
+            return Ok(None);
+        };
+        let Some(manufacturer) = store
+            .chain(&Subject::Manufacturer(state.manufacturer))?
+            .into_iter()
+            .next()
+        else {
+            return Ok(None);
+        };
+        let mut events = Vec::new();
+        for ce in store.chain(&Subject::Item(*id))? {
+            let hash = ce.certificate.event;
+            let mut anchored = None;
+            if let Some(n) = store.checkpoint_of(&hash)? {
+                if let (Some(f), Some(a)) = (store.checkpoint(n)?, store.anchor(n)?) {
+                    let leaves: Vec<[u8; 32]> = f.events.iter().map(|e| e.0).collect();
+                    let index = f.events.binary_search(&hash).ok();
+                    let tree = hallmark_protocol::merkle::Tree::new(&leaves).ok();
+                    if let (Some(i), Some(t)) = (index, tree) {
+                        anchored = t.proof(i as u32).map(|inclusion| AnchoredProof {
+                            checkpoint: f.certified.clone(),
+                            inclusion,
+                            anchor: a.anchor.clone(),
+                        });
+                    }
+                }
+            }
+            events.push(ProvenEvent {
+                event: ce,
+                anchored,
+            });
+        }
+        Ok(Some(ProofBundle {
+            item: *id,
+            manufacturer,
+            events,
+        }))
+    }
+
+    fn proof(&self, id: &str) -> Response {
+        let Ok(id) = id.parse::<ItemId>() else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_id",
+                "item id must be 64 hex digits",
+            );
+        };
+        match Self::proof_bundle(&self.store, &id) {
+            Ok(Some(b)) => ok(&b),
+            Ok(None) => error(StatusCode::NOT_FOUND, "not_found", format!("no item {id}")),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e),
+        }
+    }
+
     fn log(&self, q: &LogQuery) -> Response {
         let from = q.from.unwrap_or(0);
         let limit = q.limit.unwrap_or(100).min(MAX_LOG_LIMIT);
@@ -367,6 +449,15 @@ pub fn routes(api: Api) -> warp::filters::BoxedFilter<(Response,)> {
         .and(with())
         .and(warp::query::<LogQuery>())
         .map(|api: Api, q: LogQuery| api.log(&q));
+    let proof = warp::path!("v1" / "items" / String / "proof")
+        .and(warp::get())
+        .and(with())
+        .map(|id: String, api: Api| api.proof(&id));
+    let checkpoints = warp::path!("v1" / "checkpoints")
+        .and(warp::get())
+        .and(with())
+        .and(warp::query::<LogQuery>())
+        .map(|api: Api, q: LogQuery| api.checkpoints(&q));
     let info = warp::path!("v1" / "info")
         .and(warp::get())
         .and(with())
@@ -377,6 +468,10 @@ pub fn routes(api: Api) -> warp::filters::BoxedFilter<(Response,)> {
         .map(|api: Api| api.health());
     let inner = submit
         .or(history)
+        .unify()
+        .or(proof)
+        .unify()
+        .or(checkpoints)
         .unify()
         .or(item)
         .unify()

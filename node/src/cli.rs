@@ -116,6 +116,24 @@ struct InitArgs {
     /// Base timeout of a voting round, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     round_timeout_ms: u64,
+    /// Propose a checkpoint once this many events are not yet in one...
+    #[arg(long, default_value_t = 1000)]
+    checkpoint_every_events: usize,
+    /// ...or after this many seconds.
+    #[arg(long, default_value_t = 60)]
+    checkpoint_every_secs: u64,
+    /// Seconds before the next operator anchors a checkpoint nobody anchored.
+    #[arg(long, default_value_t = 600)]
+    anchor_timeout_secs: u64,
+    /// bitcoind RPC URL shared by the devnet's operators (regtest); enables anchoring.
+    #[arg(long)]
+    bitcoin_rpc: Option<String>,
+    /// bitcoind RPC user.
+    #[arg(long, requires = "bitcoin_rpc")]
+    rpc_user: Option<String>,
+    /// bitcoind RPC password.
+    #[arg(long, requires = "bitcoin_rpc")]
+    rpc_password: Option<String>,
     /// The devnet directory (created; must be empty).
     dir: PathBuf,
 }
@@ -178,19 +196,26 @@ async fn run(cli: Cli) -> Result<u8> {
             service::run(loaded, cancel).await.map(|()| 0)
         }
         Command::Devnet(DevnetCmd::Init(a)) => {
-            devnet::init(
-                &a.dir,
-                &devnet::InitOptions {
-                    operators: a.operators,
-                    quorum: a.quorum,
-                    ports: devnet::Ports::Base(a.base_port),
-                    payments: match a.payments {
-                        PaymentArg::None => PaymentMode::None,
-                        PaymentArg::Mock => PaymentMode::Mock,
-                    },
-                    round_timeout_ms: a.round_timeout_ms,
-                },
-            )?;
+            let mut opts =
+                devnet::InitOptions::new(a.operators, a.quorum, devnet::Ports::Base(a.base_port));
+            opts.payments = match a.payments {
+                PaymentArg::None => PaymentMode::None,
+                PaymentArg::Mock => PaymentMode::Mock,
+            };
+            opts.round_timeout_ms = a.round_timeout_ms;
+            opts.checkpoint_every_events = a.checkpoint_every_events;
+            opts.checkpoint_every_secs = a.checkpoint_every_secs;
+            opts.anchor_timeout_secs = a.anchor_timeout_secs;
+            opts.bitcoin = a.bitcoin_rpc.map(|url| crate::config::BitcoinConfig {
+                rpc_url: url,
+                rpc_user: a.rpc_user.clone(),
+                rpc_password: a.rpc_password.clone(),
+                cookie_file: None,
+                network: "regtest".into(),
+                fee_floor_sat_vb: 1,
+                bump_after_secs: a.anchor_timeout_secs,
+            });
+            devnet::init(&a.dir, &opts)?;
             println!(
                 "devnet: {} operators, {}-of-{}, written to {}; start it with `hallmark devnet up {}`",
                 a.operators,

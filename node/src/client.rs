@@ -147,6 +147,22 @@ impl Client {
         self.get_json(&format!("/v1/items/{id}/history")).await
     }
 
+    /// An item's proof bundle.
+    pub async fn proof(
+        &self,
+        id: &ItemId,
+    ) -> Result<Option<hallmark_protocol::checkpoint::ProofBundle>> {
+        self.get_json(&format!("/v1/items/{id}/proof")).await
+    }
+
+    /// Final checkpoints from `from`, with anchors: `{"next", "checkpoints": [{"number", "hash",
+    /// "final", "anchor"}]}`.
+    pub async fn checkpoints(&self, from: u64) -> Result<Value> {
+        self.get_json(&format!("/v1/checkpoints?from={from}&limit=1000"))
+            .await?
+            .context("no /v1/checkpoints")
+    }
+
     /// A certified event.
     pub async fn event(&self, hash: &EventHash) -> Result<Option<CertifiedEvent>> {
         self.get_json(&format!("/v1/events/{hash}")).await

@@ -47,6 +47,90 @@ pub struct OperatorConfig {
     /// Base timeout of a voting round (grows with the round number).
     #[serde(default = "default_round_timeout")]
     pub round_timeout_ms: u64,
+    /// Propose a checkpoint once this many certified events are not yet in one.
+    #[serde(default = "default_checkpoint_events")]
+    pub checkpoint_every_events: usize,
+    /// Or once this many seconds have passed since the last one, if any are.
+    #[serde(default = "default_checkpoint_secs")]
+    pub checkpoint_every_secs: u64,
+    /// Seconds the next operator waits for a confirmed anchor before anchoring itself.
+    #[serde(default = "default_anchor_timeout")]
+    pub anchor_timeout_secs: u64,
+    /// The operator's own bitcoind; without it, checkpoints are agreed but not anchored.
+    #[serde(default)]
+    pub bitcoin: Option<BitcoinConfig>,
+}
+
+/// How an operator reaches its bitcoind.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BitcoinConfig {
+    /// RPC URL, e.g. `http://127.0.0.1:18443`.
+    pub rpc_url: String,
+    /// RPC user (with `rpc_password`), unless `cookie_file` is given.
+    #[serde(default)]
+    pub rpc_user: Option<String>,
+    /// RPC password.
+    #[serde(default)]
+    pub rpc_password: Option<String>,
+    /// bitcoind's `.cookie` file.
+    #[serde(default)]
+    pub cookie_file: Option<PathBuf>,
+    /// `regtest`, `signet`, `testnet` or `bitcoin`.
+    #[serde(default = "default_network")]
+    pub network: String,
+    /// Lowest fee rate for anchors, sat/vB.
+    #[serde(default = "default_fee_floor")]
+    pub fee_floor_sat_vb: u64,
+    /// Bump an anchor's fee (RBF) if unconfirmed after this many seconds.
+    #[serde(default = "default_bump_after")]
+    pub bump_after_secs: u64,
+}
+
+impl BitcoinConfig {
+    /// The RPC settings for the wallet crate.
+    pub fn rpc(&self) -> Result<hallmark_wallet::RpcConfig> {
+        let auth = match (&self.cookie_file, &self.rpc_user, &self.rpc_password) {
+            (Some(c), _, _) => hallmark_wallet::RpcAuth::Cookie(c.clone()),
+            (None, Some(u), Some(p)) => hallmark_wallet::RpcAuth::UserPass(u.clone(), p.clone()),
+            _ => bail!("bitcoin: give cookie_file, or rpc_user and rpc_password"),
+        };
+        Ok(hallmark_wallet::RpcConfig {
+            url: self.rpc_url.clone(),
+            auth,
+        })
+    }
+
+    /// The network.
+    pub fn network(&self) -> Result<bitcoin::Network> {
+        self.network
+            .parse()
+            .map_err(|_| anyhow::anyhow!("bitcoin: unknown network {:?}", self.network))
+    }
+}
+
+fn default_checkpoint_events() -> usize {
+    1_000
+}
+
+fn default_checkpoint_secs() -> u64 {
+    60
+}
+
+fn default_anchor_timeout() -> u64 {
+    600
+}
+
+fn default_network() -> String {
+    "regtest".into()
+}
+
+fn default_fee_floor() -> u64 {
+    1
+}
+
+fn default_bump_after() -> u64 {
+    600
 }
 
 fn default_window() -> u64 {

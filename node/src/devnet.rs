@@ -12,7 +12,7 @@ use hallmark_protocol::{FederationParams, FeeSchedule, OperatorEntry, PublicKey,
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::config::{FederationFile, Member, OperatorConfig, PaymentMode};
+use crate::config::{BitcoinConfig, FederationFile, Member, OperatorConfig, PaymentMode};
 use crate::keyfile;
 
 /// Options of `devnet init`.
@@ -28,6 +28,31 @@ pub struct InitOptions {
     pub payments: PaymentMode,
     /// Round timeout.
     pub round_timeout_ms: u64,
+    /// Checkpoint after this many events...
+    pub checkpoint_every_events: usize,
+    /// ...or this many seconds.
+    pub checkpoint_every_secs: u64,
+    /// Anchor failover delay.
+    pub anchor_timeout_secs: u64,
+    /// A bitcoind for every operator (each gets its own wallet on it).
+    pub bitcoin: Option<BitcoinConfig>,
+}
+
+impl InitOptions {
+    /// Defaults for `n` operators with quorum `m`.
+    pub fn new(n: u32, m: u32, ports: Ports) -> Self {
+        Self {
+            operators: n,
+            quorum: m,
+            ports,
+            payments: PaymentMode::Mock,
+            round_timeout_ms: 1_000,
+            checkpoint_every_events: 1_000,
+            checkpoint_every_secs: 60,
+            anchor_timeout_secs: 600,
+            bitcoin: None,
+        }
+    }
 }
 
 /// Where operators listen.
@@ -113,6 +138,10 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<()> {
             payments: opts.payments,
             timestamp_window_secs: 600,
             round_timeout_ms: opts.round_timeout_ms,
+            checkpoint_every_events: opts.checkpoint_every_events,
+            checkpoint_every_secs: opts.checkpoint_every_secs,
+            anchor_timeout_secs: opts.anchor_timeout_secs,
+            bitcoin: opts.bitcoin.clone(),
         };
         fs::write(op_dir.join("operator.toml"), toml::to_string_pretty(&cfg)?)?;
     }

@@ -1,6 +1,7 @@
 //! The hallmark node: operator service (store, event loop, HTTP API, metrics), local devnets and
 //! the command line. `main.rs` only calls [`cli::main`].
 
+pub mod anchoring;
 pub mod api;
 pub mod cli;
 pub mod client;

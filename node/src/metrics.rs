@@ -22,6 +22,13 @@ metric!(VOTE_BATCH_SIZE: Histogram = register_histogram!("hallmark_consensus_vot
 metric!(HTTP_REQUESTS: IntCounterVec = register_int_counter_vec!("hallmark_http_requests_total", "HTTP requests by route and status", &["route", "status"]));
 metric!(UPTIME: IntGauge = register_int_gauge!("hallmark_process_start_time_seconds", "Unix time the process started"));
 
+metric!(CHAIN_ERRORS: IntCounter = register_int_counter!("hallmark_anchor_chain_errors_total", "Failed bitcoind interactions of the anchoring worker"));
+metric!(ANCHORS_BROADCAST: IntCounter = register_int_counter!("hallmark_anchor_broadcast_total", "Anchor transactions broadcast by this operator"));
+metric!(ANCHORS_CONFIRMED: IntCounter = register_int_counter!("hallmark_anchor_confirmed_total", "Checkpoint anchors seen in a block of the best chain"));
+metric!(ANCHORS_REORGED: IntCounter = register_int_counter!("hallmark_anchor_reorged_total", "Anchors whose block left the best chain"));
+metric!(CHECKPOINTS: IntGauge = register_int_gauge!("hallmark_checkpoints_final", "Final checkpoints"));
+metric!(CHAIN_TIP: IntGauge = register_int_gauge!("hallmark_anchor_chain_tip_height", "Best chain height seen by the anchoring worker"));
+
 /// Registers every metric so all appear from the start.
 pub fn register() {
     LazyLock::force(&CERTIFIED);
@@ -31,6 +38,12 @@ pub fn register() {
     LazyLock::force(&PENDING_SLOTS);
     LazyLock::force(&VOTE_BATCH_SIZE);
     LazyLock::force(&HTTP_REQUESTS);
+    LazyLock::force(&CHAIN_ERRORS);
+    LazyLock::force(&ANCHORS_BROADCAST);
+    LazyLock::force(&ANCHORS_CONFIRMED);
+    LazyLock::force(&ANCHORS_REORGED);
+    LazyLock::force(&CHECKPOINTS);
+    LazyLock::force(&CHAIN_TIP);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());

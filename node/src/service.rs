@@ -12,9 +12,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::anchoring;
 use crate::api::{self, Api};
 use crate::config::Loaded;
-use crate::engine::{self, Engine, EngineConfig, Input};
+use crate::engine::{self, CheckpointConfig, Engine, EngineConfig, Input};
 use crate::metrics;
 use crate::store::Store;
 
@@ -77,6 +78,24 @@ pub async fn start(
     .await?;
 
     let (inputs, inputs_rx) = mpsc::channel(engine::INPUT_QUEUE);
+    let anchor = match &config.bitcoin {
+        Some(b) => Some(anchoring::spawn(
+            anchoring::WorkerConfig {
+                rpc: b.rpc()?,
+                network: b.network()?,
+                fee_floor_sat_vb: b.fee_floor_sat_vb,
+                bump_after: Duration::from_secs(b.bump_after_secs),
+                secret: key.secret_bytes(),
+                store: store.clone(),
+            },
+            inputs.clone(),
+            cancel.clone(),
+        )),
+        None => {
+            info!("no [bitcoin] section: checkpoints are agreed but not anchored");
+            None
+        }
+    };
     let engine = Engine::new(
         EngineConfig {
             federation: federation.clone(),
@@ -93,6 +112,12 @@ pub async fn start(
             timestamp_window_ms: config.timestamp_window_secs * 1000,
             round_timeout: Duration::from_millis(config.round_timeout_ms),
             clock: now_ms,
+            checkpoints: CheckpointConfig {
+                every_events: config.checkpoint_every_events.max(1),
+                every: Duration::from_secs(config.checkpoint_every_secs),
+                anchor_timeout: Duration::from_secs(config.anchor_timeout_secs),
+            },
+            anchor,
         },
         inputs.clone(),
     );

@@ -10,6 +10,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use hallmark_protocol::checkpoint::{Anchor, CertifiedCheckpoint, CheckpointHash};
 use hallmark_protocol::consensus::OwnVotes;
 use hallmark_protocol::{
     decode, encode, Certificate, CertifiedEvent, Event, EventHash, ItemId, ItemState,
@@ -44,11 +45,21 @@ pub enum Column {
     Log,
     /// Evidence of operators voting for two events in one round.
     Evidence,
+    /// Checkpoint number -> `FinalCheckpoint` (certified checkpoint and its events).
+    Checkpoints,
+    /// Event hash -> number of the checkpoint covering it.
+    CheckpointOf,
+    /// Event hashes certified here and not yet in a checkpoint.
+    Uncheckpointed,
+    /// Checkpoint number -> `AnchorRecord` (its confirmed Bitcoin anchor).
+    Anchors,
+    /// The operator's BDK wallet change set.
+    Wallet,
 }
 
 impl Column {
     /// All columns.
-    pub const ALL: [Column; 10] = [
+    pub const ALL: [Column; 15] = [
         Column::Meta,
         Column::Events,
         Column::Certificates,
@@ -59,6 +70,11 @@ impl Column {
         Column::Votes,
         Column::Log,
         Column::Evidence,
+        Column::Checkpoints,
+        Column::CheckpointOf,
+        Column::Uncheckpointed,
+        Column::Anchors,
+        Column::Wallet,
     ];
 
     /// The column family's name.
@@ -74,12 +90,39 @@ impl Column {
             Column::Votes => "votes",
             Column::Log => "log",
             Column::Evidence => "evidence",
+            Column::Checkpoints => "checkpoints",
+            Column::CheckpointOf => "checkpoint_of",
+            Column::Uncheckpointed => "uncheckpointed",
+            Column::Anchors => "anchors",
+            Column::Wallet => "wallet",
         }
     }
 }
 
 const META_SCHEMA: &[u8] = b"schema_version";
 const META_LOG_LEN: &[u8] = b"log_len";
+const META_NEXT_CHECKPOINT: &[u8] = b"next_checkpoint";
+const WALLET_KEY: &[u8] = b"changeset";
+
+/// A final checkpoint with the events it covers (ascending).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FinalCheckpoint {
+    /// The checkpoint and its certificate.
+    pub certified: CertifiedCheckpoint,
+    /// The covered event hashes, ascending.
+    pub events: Vec<EventHash>,
+}
+
+/// A checkpoint's Bitcoin anchor as this operator saw it confirmed.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AnchorRecord {
+    /// The anchor (transaction, header, height, branch).
+    pub anchor: Anchor,
+    /// Transaction id.
+    pub txid: bitcoin::Txid,
+    /// Block hash.
+    pub block: bitcoin::BlockHash,
+}
 
 /// 33-byte key of a subject: a tag byte then the id.
 pub fn subject_key(s: &Subject) -> [u8; 33] {
@@ -87,6 +130,7 @@ pub fn subject_key(s: &Subject) -> [u8; 33] {
         Subject::Manufacturer(m) => (0u8, m.0),
         Subject::Item(i) => (1, i.0),
         Subject::Offer(o) => (2, o.0),
+        Subject::Checkpoint => (3, [0; 32]),
     };
     let mut k = [0u8; 33];
     k[0] = tag;
@@ -264,6 +308,7 @@ impl Store {
             Subject::Item(i) => self.item(i)?.map_or(0, |s| s.height + 1),
             Subject::Manufacturer(m) => u64::from(self.manufacturer(m)?.is_some()),
             Subject::Offer(o) => u64::from(self.offer(o)?.is_some()),
+            Subject::Checkpoint => self.next_checkpoint()?,
         })
     }
 
@@ -355,6 +400,9 @@ impl Store {
             StateChange::Item(i) => b.put_cf(self.cf(Column::Items), i.id.0, encode(i)),
         }
         b.put_cf(self.cf(Column::Log), pos.to_be_bytes(), hash.0);
+        if self.checkpoint_of(&hash)?.is_none() {
+            b.put_cf(self.cf(Column::Uncheckpointed), hash.0, []);
+        }
         b.put_cf(self.cf(Column::Meta), META_LOG_LEN, (pos + 1).to_be_bytes());
         self.db.write(b)?;
         Ok(pos)
@@ -384,6 +432,109 @@ impl Store {
             n += 1;
         }
         Ok(n)
+    }
+
+    /// Number of the next checkpoint (0 before the first).
+    pub fn next_checkpoint(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .get_raw(Column::Meta, META_NEXT_CHECKPOINT)?
+            .and_then(|v| v.as_slice().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0))
+    }
+
+    /// A final checkpoint.
+    pub fn checkpoint(&self, number: u64) -> Result<Option<FinalCheckpoint>, StoreError> {
+        self.get(Column::Checkpoints, &number.to_be_bytes())
+    }
+
+    /// The hash of the last final checkpoint (zero before the first).
+    pub fn last_checkpoint_hash(&self) -> Result<CheckpointHash, StoreError> {
+        let next = self.next_checkpoint()?;
+        if next == 0 {
+            return Ok(CheckpointHash::ZERO);
+        }
+        Ok(self
+            .checkpoint(next - 1)?
+            .map_or(CheckpointHash::ZERO, |c| c.certified.checkpoint.hash()))
+    }
+
+    /// The checkpoint covering an event.
+    pub fn checkpoint_of(&self, event: &EventHash) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .get_raw(Column::CheckpointOf, &event.0)?
+            .and_then(|v| v.as_slice().try_into().ok().map(u64::from_be_bytes)))
+    }
+
+    /// Up to `limit` certified events not yet in a checkpoint, ascending.
+    pub fn uncheckpointed(&self, limit: usize) -> Result<Vec<EventHash>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self
+            .db
+            .iterator_cf(self.cf(Column::Uncheckpointed), IteratorMode::Start)
+            .take(limit)
+        {
+            let (k, _) = kv?;
+            if let Ok(h) = <[u8; 32]>::try_from(k.as_ref()) {
+                out.push(EventHash(h));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether an event is certified here and not yet checkpointed.
+    pub fn is_uncheckpointed(&self, event: &EventHash) -> Result<bool, StoreError> {
+        Ok(self.get_raw(Column::Uncheckpointed, &event.0)?.is_some())
+    }
+
+    /// Stores the next final checkpoint, marking its events, atomically.
+    pub fn put_checkpoint(&self, f: &FinalCheckpoint) -> Result<(), StoreError> {
+        let n = f.certified.checkpoint.number;
+        let mut b = WriteBatch::default();
+        b.put_cf(self.cf(Column::Checkpoints), n.to_be_bytes(), encode(f));
+        for e in &f.events {
+            b.put_cf(self.cf(Column::CheckpointOf), e.0, n.to_be_bytes());
+            b.delete_cf(self.cf(Column::Uncheckpointed), e.0);
+        }
+        b.put_cf(
+            self.cf(Column::Meta),
+            META_NEXT_CHECKPOINT,
+            (n + 1).to_be_bytes(),
+        );
+        self.db.write(b)?;
+        Ok(())
+    }
+
+    /// A checkpoint's recorded anchor.
+    pub fn anchor(&self, number: u64) -> Result<Option<AnchorRecord>, StoreError> {
+        self.get(Column::Anchors, &number.to_be_bytes())
+    }
+
+    /// Records (or replaces) a checkpoint's anchor.
+    pub fn put_anchor(&self, number: u64, r: &AnchorRecord) -> Result<(), StoreError> {
+        self.db
+            .put_cf(self.cf(Column::Anchors), number.to_be_bytes(), encode(r))?;
+        Ok(())
+    }
+
+    /// Forgets a checkpoint's anchor (its block was reorganised away).
+    pub fn delete_anchor(&self, number: u64) -> Result<(), StoreError> {
+        self.db
+            .delete_cf(self.cf(Column::Anchors), number.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// The wallet's stored change set.
+    pub fn wallet_state(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get_raw(Column::Wallet, WALLET_KEY)
+    }
+
+    /// Replaces the wallet's change set (synced write: it holds spent and revealed state).
+    pub fn put_wallet_state(&self, bytes: &[u8]) -> Result<(), StoreError> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db
+            .put_cf_opt(self.cf(Column::Wallet), WALLET_KEY, bytes, &wo)?;
+        Ok(())
     }
 
     /// Bytes on disk (SST files and WAL), for metrics.

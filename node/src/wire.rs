@@ -1,6 +1,9 @@
 //! What operators send each other: gossip messages and catch-up requests, postcard-encoded.
 
-use hallmark_protocol::{BatchVote, CertifiedEvent, Event, Subject};
+use hallmark_protocol::checkpoint::Checkpoint;
+use hallmark_protocol::{BatchVote, CertifiedEvent, Event, EventHash, Subject};
+
+use crate::store::FinalCheckpoint;
 use serde::{Deserialize, Serialize};
 
 /// Largest number of certified events in one catch-up response.
@@ -14,6 +17,8 @@ pub enum Gossip {
     Votes {
         /// Events first voted on in this batch.
         events: Vec<Event>,
+        /// Checkpoint proposals first voted on in this batch.
+        checkpoints: Vec<Proposal>,
         /// The signed votes.
         batch: BatchVote,
         /// Makes a re-broadcast of the same votes a new message for gossipsub.
@@ -21,6 +26,17 @@ pub enum Gossip {
     },
     /// Certified events.
     Certified(Vec<CertifiedEvent>),
+    /// Final (certified) checkpoints.
+    Checkpoints(Vec<FinalCheckpoint>),
+}
+
+/// A proposed checkpoint with the events it covers (ascending).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// The checkpoint.
+    pub checkpoint: Checkpoint,
+    /// Its events.
+    pub events: Vec<EventHash>,
 }
 
 /// A catch-up request.
@@ -40,6 +56,11 @@ pub enum Rpc {
         /// First height.
         from_height: u64,
     },
+    /// Final checkpoints from number `from`.
+    Checkpoints {
+        /// First checkpoint number.
+        from: u64,
+    },
 }
 
 /// A catch-up response.
@@ -49,4 +70,8 @@ pub struct RpcResponse {
     pub log_len: u64,
     /// The events asked for (possibly fewer).
     pub events: Vec<CertifiedEvent>,
+    /// The responder's next checkpoint number.
+    pub next_checkpoint: u64,
+    /// Final checkpoints asked for.
+    pub checkpoints: Vec<FinalCheckpoint>,
 }

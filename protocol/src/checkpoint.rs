@@ -193,7 +193,7 @@ impl TxBranch {
         let mut node = txid.to_byte_array();
         let mut i = self.index;
         for s in &self.siblings {
-            let pair = if i % 2 == 0 {
+            let pair = if i.is_multiple_of(2) {
                 [node, *s].concat()
             } else {
                 [*s, node].concat()

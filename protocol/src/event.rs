@@ -127,6 +127,9 @@ pub enum Subject {
     Item(ItemId),
     /// An offer.
     Offer(OfferId),
+    /// The federation's checkpoint chain (its heights are checkpoint numbers). No event has this
+    /// subject; checkpoints are agreed on in slots of it.
+    Checkpoint,
 }
 
 /// The signed part of an event.

@@ -1,6 +1,8 @@
 //! The federation test harness: N operator processes on loopback ports in a temp dir, with
 //! clients, SIGKILL/SIGTERM/restart, and `poll_until` to wait on conditions (never bare sleeps).
 
+pub mod regtest;
+
 use std::future::Future;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -62,21 +64,26 @@ impl Harness {
     /// Starts an `m`-of-`n` federation of `exe` processes (with the mock payment adapter) and
     /// waits until every operator is up and connected to all others.
     pub async fn start(exe: &str, n: u32, m: u32) -> Result<Self> {
+        Self::start_with(exe, n, m, |_| {}).await
+    }
+
+    /// Like [`Harness::start`], with the devnet options adjusted by `configure`.
+    pub async fn start_with(
+        exe: &str,
+        n: u32,
+        m: u32,
+        configure: impl FnOnce(&mut InitOptions),
+    ) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let p = free_ports(3 * n as usize)?;
         let ports = (0..n as usize)
             .map(|i| (p[3 * i], p[3 * i + 1], p[3 * i + 2]))
             .collect();
-        devnet::init(
-            dir.path(),
-            &InitOptions {
-                operators: n,
-                quorum: m,
-                ports: Ports::Explicit(ports),
-                payments: PaymentMode::Mock,
-                round_timeout_ms: 500,
-            },
-        )?;
+        let mut opts = InitOptions::new(n, m, Ports::Explicit(ports));
+        opts.payments = PaymentMode::Mock;
+        opts.round_timeout_ms = 500;
+        configure(&mut opts);
+        devnet::init(dir.path(), &opts)?;
         let (federation, peers) = FederationFile::load(&dir.path().join("federation.toml"))?;
         let mut h = Self {
             dir,

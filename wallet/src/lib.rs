@@ -276,6 +276,52 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// The few raw RPCs the node needs beyond the wallet, with this crate's error type.
+pub trait RpcApiExt {
+    /// Best chain height.
+    fn block_count(&self) -> Result<u64, WalletError>;
+    /// Hash of the best-chain block at `height`.
+    fn block_hash(&self, height: u64) -> Result<bitcoin::BlockHash, WalletError>;
+    /// A full block.
+    fn block(&self, hash: &bitcoin::BlockHash) -> Result<bitcoin::Block, WalletError>;
+    /// Broadcasts a transaction.
+    fn send_tx(&self, tx: &Transaction) -> Result<Txid, WalletError>;
+    /// Transactions in the mempool.
+    fn mempool(&self) -> Result<Vec<Txid>, WalletError>;
+}
+
+impl RpcApiExt for RpcClient {
+    fn block_count(&self) -> Result<u64, WalletError> {
+        Ok(self.get_block_count()?)
+    }
+    fn block_hash(&self, height: u64) -> Result<bitcoin::BlockHash, WalletError> {
+        Ok(self.get_block_hash(height)?)
+    }
+    fn block(&self, hash: &bitcoin::BlockHash) -> Result<bitcoin::Block, WalletError> {
+        Ok(self.get_block(hash)?)
+    }
+    fn send_tx(&self, tx: &Transaction) -> Result<Txid, WalletError> {
+        Ok(self.send_raw_transaction(tx)?)
+    }
+    fn mempool(&self) -> Result<Vec<Txid>, WalletError> {
+        Ok(self.get_raw_mempool()?)
+    }
+}
+
+/// The first receiving address of the wallet of `secret` (what to fund an operator with),
+/// computed without touching any store.
+pub fn first_address(secret: &[u8; 32], network: Network) -> Address {
+    let xprv = master_key(secret, network);
+    let coin = u32::from(network != Network::Bitcoin);
+    let external = format!("wpkh({xprv}/84'/{coin}'/0'/0/*)");
+    let internal = format!("wpkh({xprv}/84'/{coin}'/0'/1/*)");
+    let wallet = Wallet::create(external, internal)
+        .network(network)
+        .create_wallet_no_persist()
+        .expect("descriptors built from a valid xprv are valid");
+    wallet.peek_address(KeychainKind::External, 0).address
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

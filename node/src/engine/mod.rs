@@ -21,10 +21,16 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+mod checkpoints;
+pub use checkpoints::{CheckpointConfig, MAX_EVENTS_PER_CHECKPOINT};
+
+use hallmark_protocol::checkpoint::CheckpointHash;
+
+use crate::anchoring::{AnchorCmd, ChainEvent};
 use crate::config::PaymentMode;
 use crate::metrics;
-use crate::store::{slot_key, StateChange, Store, StoreError};
-use crate::wire::{Gossip, Rpc, RpcResponse, MAX_CATCHUP_EVENTS};
+use crate::store::{slot_key, FinalCheckpoint, StateChange, Store, StoreError};
+use crate::wire::{Gossip, Proposal, Rpc, RpcResponse, MAX_CATCHUP_EVENTS};
 
 /// Inputs queued to the event loop.
 pub const INPUT_QUEUE: usize = 8192;
@@ -80,11 +86,15 @@ pub enum Verified {
     Votes {
         /// Events.
         events: Vec<(Event, EventHash)>,
+        /// Checkpoint proposals (validated by the event loop).
+        proposals: Vec<Proposal>,
         /// The batch.
-        batch: VerifiedBatch,
+        batch: Box<VerifiedBatch>,
     },
     /// Certified events (certificates checked).
     Certified(Vec<CertifiedEvent>),
+    /// Final checkpoints (certificates checked).
+    Checkpoints(Vec<FinalCheckpoint>),
 }
 
 /// Inputs of the event loop.
@@ -113,6 +123,8 @@ pub enum Input {
     },
     /// A member connected or disconnected.
     Peer(PeerId, bool),
+    /// News from the anchoring worker.
+    Chain(ChainEvent),
 }
 
 /// What the event loop is built from.
@@ -137,6 +149,10 @@ pub struct EngineConfig {
     pub round_timeout: Duration,
     /// The operator's clock (ms since the epoch).
     pub clock: fn() -> u64,
+    /// Checkpoint and anchoring schedule.
+    pub checkpoints: CheckpointConfig,
+    /// The anchoring worker, if this operator has a bitcoind.
+    pub anchor: Option<std::sync::mpsc::Sender<AnchorCmd>>,
 }
 
 struct SlotEntry {
@@ -169,6 +185,16 @@ pub struct Engine {
     catching_up: HashSet<PeerId>,
     chain_fetches: HashMap<Subject, Instant>,
     next_peer: usize,
+    cp_candidates: HashMap<EventHash, Proposal>,
+    cp_deferred: Vec<Proposal>,
+    cp_orphans: BTreeMap<u64, FinalCheckpoint>,
+    proposed: HashSet<(u64, u32)>,
+    out_proposals: Vec<Proposal>,
+    out_final: Vec<FinalCheckpoint>,
+    final_at: HashMap<u64, Instant>,
+    anchored_by_me: HashSet<u64>,
+    cp_by_hash: HashMap<CheckpointHash, u64>,
+    last_checkpoint_at: Instant,
 }
 
 impl Engine {
@@ -202,7 +228,39 @@ impl Engine {
             catching_up: HashSet::new(),
             chain_fetches: HashMap::new(),
             next_peer: 0,
+            cp_candidates: HashMap::new(),
+            cp_deferred: Vec::new(),
+            cp_orphans: BTreeMap::new(),
+            proposed: HashSet::new(),
+            out_proposals: Vec::new(),
+            out_final: Vec::new(),
+            final_at: HashMap::new(),
+            anchored_by_me: HashSet::new(),
+            cp_by_hash: HashMap::new(),
+            last_checkpoint_at: Instant::now(),
         }
+        .with_unanchored_checkpoints()
+    }
+
+    /// After a restart: the last checkpoints without an anchor still need one.
+    fn with_unanchored_checkpoints(mut self) -> Self {
+        let next = self.cfg.store.next_checkpoint().unwrap_or(0);
+        for n in next.saturating_sub(16)..next {
+            if matches!(self.cfg.store.anchor(n), Ok(None)) {
+                self.final_at.insert(n, Instant::now());
+            }
+        }
+        self
+    }
+
+    /// The slot a vote target (event or checkpoint hash) is a candidate in.
+    fn slot_of(&self, target: &EventHash) -> Option<(Subject, u64)> {
+        if let Some((_, s, h)) = self.candidates.get(target) {
+            return Some((*s, *h));
+        }
+        self.cp_candidates
+            .get(target)
+            .map(|p| (Subject::Checkpoint, p.checkpoint.number))
     }
 
     /// Runs until `cancel` fires or every input sender is gone.
@@ -245,7 +303,15 @@ impl Engine {
                 let _ = reply.send(r);
                 Ok(())
             }
-            Input::Gossip(Verified::Votes { events, batch }) => self.on_votes(events, &batch),
+            Input::Gossip(Verified::Votes {
+                events,
+                proposals,
+                batch,
+            }) => self.on_votes(events, proposals, &batch),
+            Input::Gossip(Verified::Checkpoints(list)) => list
+                .into_iter()
+                .try_for_each(|f| self.on_final_checkpoint(f)),
+            Input::Chain(ev) => self.on_chain(ev),
             Input::Gossip(Verified::Certified(list)) => {
                 list.into_iter().try_for_each(|ce| self.on_certified(ce))
             }
@@ -441,13 +507,20 @@ impl Engine {
                     if v.phase == Phase::Prevote && self.announced.insert(v.event) {
                         if let Some((e, _, _)) = self.candidates.get(&v.event) {
                             self.out_events.push(e.clone());
+                        } else if let Some(p) = self.cp_candidates.get(&v.event) {
+                            self.out_proposals.push(p.clone());
                         }
                     }
                     self.out_votes.push(v);
                     self.dirty.insert(key);
                 }
                 Action::Decide { event, round } => {
-                    if let Err(e) = self.try_certify(event, round) {
+                    let r = if self.cp_candidates.contains_key(&event) {
+                        self.certify_checkpoint(event, round)
+                    } else {
+                        self.try_certify(event, round)
+                    };
+                    if let Err(e) = r {
                         error!("store error: {e}");
                     }
                 }
@@ -478,6 +551,7 @@ impl Engine {
     fn on_votes(
         &mut self,
         events: Vec<(Event, EventHash)>,
+        proposals: Vec<Proposal>,
         batch: &VerifiedBatch,
     ) -> Result<(), StoreError> {
         let Some(op) = self.cfg.federation.operator_index(&batch.operator()) else {
@@ -485,6 +559,9 @@ impl Engine {
         };
         for (event, hash) in events {
             self.consider(event, hash)?;
+        }
+        for p in proposals {
+            self.consider_proposal(p)?;
         }
         for (i, vote) in batch.votes().iter().enumerate() {
             if vote.phase == Phase::Commit {
@@ -495,8 +572,7 @@ impl Engine {
                         .insert(op, att);
                 }
             }
-            if let Some((_, subject, height)) = self.candidates.get(&vote.event) {
-                let key = (*subject, *height);
+            if let Some(key) = self.slot_of(&vote.event) {
                 let actions = self.slot_entry(key).slot.add_vote(op, *vote);
                 self.act(key, actions);
             } else if let Some(stored) = self.cfg.store.certificate(&vote.event)? {
@@ -698,6 +774,8 @@ impl Engine {
                 self.out_votes.push(Vote::prevote(*e, *r));
                 if let Some((ev, _, _)) = self.candidates.get(e) {
                     self.out_events.push(ev.clone());
+                } else if let Some(p) = self.cp_candidates.get(e) {
+                    self.out_proposals.push(p.clone());
                 }
             }
             for (r, e) in &own.commits {
@@ -718,6 +796,13 @@ impl Engine {
             self.next_peer += 1;
             self.request_catchup(p);
         }
+        let r = self
+            .retry_deferred_proposals()
+            .and_then(|()| self.maybe_propose())
+            .and_then(|()| self.anchor_duty());
+        if let Err(e) = r {
+            error!("store error: {e}");
+        }
         if self.early_count > MAX_EARLY_VOTES / 2 {
             // Votes for events that never arrived (their slot was decided without us, or they
             // were invalid): drop them rather than grow.
@@ -736,6 +821,7 @@ impl Engine {
             return;
         }
         let from = *self.cursors.entry(peer).or_insert(0);
+        let our_next_checkpoint = self.cfg.store.next_checkpoint().unwrap_or(0);
         let p2p = self.cfg.p2p.clone();
         let inputs = self.inputs.clone();
         let federation = self.cfg.federation.clone();
@@ -747,11 +833,22 @@ impl Engine {
             let (log_len, events) = match p2p.request(peer, req).await {
                 Ok(bytes) => match hallmark_protocol::decode::<RpcResponse>(&bytes) {
                     Ok(r) => {
+                        if r.next_checkpoint > our_next_checkpoint {
+                            fetch_checkpoints(
+                                &p2p,
+                                &inputs,
+                                &federation,
+                                peer,
+                                our_next_checkpoint,
+                            )
+                            .await;
+                        }
                         // Verify off the event loop: certificates are m signature checks each.
+                        let fed = federation.clone();
                         let events = tokio::task::spawn_blocking(move || {
                             r.events
                                 .into_iter()
-                                .filter(|ce| ce.verify(&federation).is_ok())
+                                .filter(|ce| ce.verify(&fed).is_ok())
                                 .collect::<Vec<_>>()
                         })
                         .await
@@ -849,11 +946,13 @@ impl Engine {
         if !self.out_votes.is_empty() {
             let votes = std::mem::take(&mut self.out_votes);
             let events = std::mem::take(&mut self.out_events);
+            let checkpoints = std::mem::take(&mut self.out_proposals);
             let batch = BatchVote::sign(&self.cfg.key, self.cfg.federation.id(), votes)
                 .expect("a non-empty batch of at most MAX_BATCH_VOTES signs");
             metrics::VOTE_BATCH_SIZE.observe(batch.votes().len() as f64);
             let msg = Gossip::Votes {
                 events,
+                checkpoints,
                 batch: batch.to_batch_vote(),
                 nonce: rand::random(),
             };
@@ -869,10 +968,10 @@ impl Engine {
                             .or_default()
                             .insert(me, att);
                     }
-                    if let Some((_, s, h)) = self.candidates.get(&v.event) {
+                    if let Some(key) = self.slot_of(&v.event) {
                         if self
                             .slots
-                            .get(&(*s, *h))
+                            .get(&key)
                             .and_then(|e| e.slot.decided())
                             .is_some()
                         {
@@ -882,8 +981,20 @@ impl Engine {
                 }
             }
             for (e, r) in decided {
-                self.try_certify(e, r)?;
+                if self.cp_candidates.contains_key(&e) {
+                    self.certify_checkpoint(e, r)?;
+                } else {
+                    self.try_certify(e, r)?;
+                }
             }
+        }
+        if !self.out_final.is_empty() {
+            let list = std::mem::take(&mut self.out_final);
+            let _ = self
+                .cfg
+                .p2p
+                .send(Command::Publish(encode(&Gossip::Checkpoints(list))))
+                .await;
         }
         if !self.out_certs.is_empty() {
             let certs = std::mem::take(&mut self.out_certs);
@@ -897,53 +1008,102 @@ impl Engine {
     }
 }
 
+/// Fetches final checkpoints from `from` off a peer and feeds the verified ones to the loop.
+async fn fetch_checkpoints(
+    p2p: &P2pHandle,
+    inputs: &mpsc::Sender<Input>,
+    federation: &Federation,
+    peer: PeerId,
+    from: u64,
+) {
+    let Ok(bytes) = p2p.request(peer, encode(&Rpc::Checkpoints { from })).await else {
+        return;
+    };
+    let Ok(r) = hallmark_protocol::decode::<RpcResponse>(&bytes) else {
+        return;
+    };
+    let list: Vec<FinalCheckpoint> = r
+        .checkpoints
+        .into_iter()
+        .filter(|f| f.certified.verify(federation).is_ok())
+        .collect();
+    if !list.is_empty() {
+        let _ = inputs
+            .send(Input::Gossip(Verified::Checkpoints(list)))
+            .await;
+    }
+}
+
 /// Answers a catch-up request from the store (called off the event loop).
 pub fn serve_rpc(store: &Store, request: &[u8]) -> Vec<u8> {
-    let resp = match hallmark_protocol::decode::<Rpc>(request) {
-        Ok(Rpc::LogRange { from, limit }) => RpcResponse {
-            log_len: store.log_len().unwrap_or(0),
-            events: store
+    let log_len = store.log_len().unwrap_or(0);
+    let next_checkpoint = store.next_checkpoint().unwrap_or(0);
+    let mut resp = RpcResponse {
+        log_len,
+        events: Vec::new(),
+        next_checkpoint,
+        checkpoints: Vec::new(),
+    };
+    match hallmark_protocol::decode::<Rpc>(request) {
+        Ok(Rpc::LogRange { from, limit }) => {
+            resp.events = store
                 .log_range(from, (limit as usize).min(MAX_CATCHUP_EVENTS))
-                .unwrap_or_default(),
-        },
+                .unwrap_or_default();
+        }
         Ok(Rpc::Chain {
             subject,
             from_height,
-        }) => RpcResponse {
-            log_len: store.log_len().unwrap_or(0),
-            events: store
+        }) => {
+            resp.events = store
                 .chain(&subject)
                 .unwrap_or_default()
                 .into_iter()
                 .filter(|ce| ce.event.body.height >= from_height)
                 .take(MAX_CATCHUP_EVENTS)
-                .collect(),
-        },
-        Err(_) => RpcResponse {
-            log_len: 0,
-            events: Vec::new(),
-        },
-    };
+                .collect();
+        }
+        Ok(Rpc::Checkpoints { from }) => {
+            resp.checkpoints = (from..next_checkpoint.min(from + 16))
+                .filter_map(|n| store.checkpoint(n).ok().flatten())
+                .collect();
+        }
+        Err(_) => {}
+    }
     encode(&resp)
 }
 
 /// Decodes and verifies a gossip payload (signatures: run off the event loop).
 pub fn verify_gossip(federation: &Federation, data: &[u8]) -> Result<Verified, String> {
     match hallmark_protocol::decode::<Gossip>(data).map_err(|e| e.to_string())? {
-        Gossip::Votes { events, batch, .. } => {
+        Gossip::Votes {
+            events,
+            checkpoints,
+            batch,
+            ..
+        } => {
             let batch = batch.verify(federation).map_err(|e| e.to_string())?;
             let events = events
                 .into_iter()
                 .map(|e| e.check(federation.id()).map(|h| (e, h)))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| e.to_string())?;
-            Ok(Verified::Votes { events, batch })
+            Ok(Verified::Votes {
+                events,
+                proposals: checkpoints,
+                batch: Box::new(batch),
+            })
         }
         Gossip::Certified(list) => {
             for ce in &list {
                 ce.verify(federation).map_err(|e| e.to_string())?;
             }
             Ok(Verified::Certified(list))
+        }
+        Gossip::Checkpoints(list) => {
+            for f in &list {
+                f.certified.verify(federation).map_err(|e| e.to_string())?;
+            }
+            Ok(Verified::Checkpoints(list))
         }
     }
 }
