@@ -71,6 +71,26 @@ enum Command {
         /// Item id or hallmark:<item>@<federation> URI (what the tag carries).
         item: String,
     },
+    /// Proof bundles and OpenTimestamps export.
+    #[command(subcommand)]
+    Proof(crate::proofs::ProofCmd),
+    /// Check a proof bundle offline: certificates, checkpoint inclusion, the anchoring
+    /// transaction and its Merkle branch, against block headers you trust (exit 0 valid, 20 invalid).
+    VerifyProof {
+        /// The bundle (from `hallmark proof get`).
+        file: PathBuf,
+        /// Trusted block headers, hex, one per line (e.g. from `bitcoin-cli getblockheader <hash> false`).
+        #[arg(long)]
+        headers: Option<PathBuf>,
+        #[command(flatten)]
+        bitcoin: crate::proofs::BitcoinOpts,
+    },
+    /// Audit the federation's checkpoints and Bitcoin anchors against your own bitcoind
+    /// (exit 0 passed, 20 failed).
+    Audit {
+        #[command(flatten)]
+        bitcoin: crate::proofs::BitcoinOpts,
+    },
     /// Runs the protocol end to end in one process: a 3-of-4 federation certifies a
     /// manufacturer, a mint and a transfer; a client verifies the item's history, and a
     /// tampered history is caught. Needs no network and no bitcoind.
@@ -188,6 +208,16 @@ async fn run(cli: Cli) -> Result<u8> {
             .map(|()| 0),
         Command::History { item } => commands::history(&Ctx::load(&opts)?, &item).await,
         Command::Scan { item } => commands::scan(&Ctx::load(&opts)?, &item).await,
+        Command::Proof(cmd) => crate::proofs::proof(&Ctx::load(&opts)?, &cmd).await,
+        Command::VerifyProof {
+            file,
+            headers,
+            bitcoin,
+        } => {
+            crate::proofs::verify_proof(&Ctx::load(&opts)?, &file, headers.as_deref(), &bitcoin)
+                .await
+        }
+        Command::Audit { bitcoin } => crate::proofs::run_audit(&Ctx::load(&opts)?, &bitcoin).await,
         Command::Demo => demo::run().map(|()| 0),
         Command::Operator(OperatorCmd::Run { config }) => {
             let loaded = OperatorConfig::load(&config)?;

@@ -147,6 +147,21 @@ impl Ctx {
         )
     }
 
+    /// The federation (trust root).
+    pub fn federation(&self) -> &Federation {
+        &self.federation
+    }
+
+    /// The operators to use.
+    pub fn operators(&self) -> &[(usize, Client)] {
+        &self.operators
+    }
+
+    /// Whether JSON output was asked for.
+    pub fn json(&self) -> bool {
+        self.opts.json
+    }
+
     /// Scans with every configured operator.
     pub async fn scan(&self, item: ItemId) -> ScanReport {
         verifier::scan(
@@ -163,7 +178,7 @@ impl Ctx {
     }
 
     /// Parses an item id or a `hallmark:<item>@<federation>` URI.
-    fn item(&self, s: &str) -> Result<ItemId> {
+    pub fn item(&self, s: &str) -> Result<ItemId> {
         let s = s.trim();
         if let Some(rest) = s.strip_prefix("hallmark:") {
             let (item, fed) = rest
@@ -181,7 +196,7 @@ impl Ctx {
             .context("an item is 64 hex digits or a hallmark:<item>@<federation> URI")
     }
 
-    fn print(&self, value: &serde_json::Value, text: &str) {
+    pub fn print(&self, value: &serde_json::Value, text: &str) {
         if self.opts.json {
             println!(
                 "{}",

@@ -12,6 +12,7 @@ pub mod devnet;
 pub mod engine;
 pub mod keyfile;
 pub mod metrics;
+pub mod proofs;
 pub mod service;
 pub mod store;
 pub mod verifier;

@@ -11,6 +11,7 @@ use hallmark_protocol::{EventHash, EventKind, ItemId, ManufacturerId};
 use hallmark_tests::regtest::Bitcoind;
 use hallmark_tests::{poll_until, Harness};
 use hallmark_wallet::RpcApiExt as _;
+use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hallmark-test-node");
 const WAIT: Duration = Duration::from_secs(10);
@@ -125,6 +126,11 @@ async fn checkpoints_are_anchored_and_proofs_verify_across_a_reorg_and_an_outage
     // The block really is in bitcoind's best chain at that height.
     assert_eq!(btc.client().block_hash(facts.height.into())?, facts.block);
 
+    // The same through the command line: an auditor with its own bitcoind, an offline check of a
+    // downloaded bundle against trusted headers, and an OpenTimestamps export the stock client
+    // verifies.
+    cli_checks(&h, &btc, &items[2], &block)?;
+
     // A reorg removes the anchor's block: the anchor is broadcast again and confirmed in a new
     // block; nothing is lost.
     btc.cli(&["invalidateblock", &block.to_string()])?;
@@ -184,5 +190,146 @@ async fn checkpoints_are_anchored_and_proofs_verify_across_a_reorg_and_an_outage
     .await?;
     btc.restart()?;
     anchored_everywhere(&h, &btc, 1).await?;
+    Ok(())
+}
+
+fn cli_checks(h: &Harness, btc: &Bitcoind, item: &ItemId, block: &BlockHash) -> Result<()> {
+    let fed = h.path().join("federation.toml");
+    let (user, pass) = btc.credentials();
+    let run = |args: &[&str]| -> Result<(i32, String)> {
+        let out = Command::new(BIN)
+            .args(args)
+            .arg("--federation")
+            .arg(&fed)
+            .output()?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        ))
+    };
+    let rpc = [
+        "--bitcoin-rpc",
+        btc.rpc.url.as_str(),
+        "--rpc-user",
+        user.as_str(),
+        "--rpc-password",
+        pass.as_str(),
+    ];
+
+    let (code, out) = run(&[&["audit"][..], &rpc[..]].concat())?;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("checkpoint 0: OK, anchored") && out.contains("AUDIT PASSED"),
+        "{out}"
+    );
+
+    let tmp = tempfile::tempdir()?;
+    let bundle_path = tmp.path().join("bundle.json");
+    let headers = tmp.path().join("headers.txt");
+    let item = item.to_string();
+    let (code, out) = run(&[
+        "proof",
+        "get",
+        &item,
+        "--out",
+        bundle_path.to_str().unwrap(),
+    ])?;
+    assert_eq!(code, 0, "{out}");
+    std::fs::write(
+        &headers,
+        btc.cli(&["getblockheader", &block.to_string(), "false"])? + "\n",
+    )?;
+    let (code, out) = run(&[
+        "verify-proof",
+        bundle_path.to_str().unwrap(),
+        "--headers",
+        headers.to_str().unwrap(),
+    ])?;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("VALID"), "{out}");
+    // A header set that does not contain the anchor's block: refused.
+    std::fs::write(
+        &headers,
+        btc.cli(&["getblockheader", &btc.cli(&["getblockhash", "1"])?, "false"])? + "\n",
+    )?;
+    let (code, out) = run(&[
+        "verify-proof",
+        bundle_path.to_str().unwrap(),
+        "--headers",
+        headers.to_str().unwrap(),
+    ])?;
+    assert_eq!(code, 20, "{out}");
+    assert!(out.contains("not among the trusted headers"), "{out}");
+    // A tampered OP_RETURN payload: refused with that reason.
+    let mut bundle: hallmark_protocol::checkpoint::ProofBundle =
+        serde_json::from_str(&std::fs::read_to_string(&bundle_path)?)?;
+    let a = bundle.events[0].anchored.as_mut().context("anchored")?;
+    let cp = a.checkpoint.checkpoint.hash().0;
+    let at = a
+        .anchor
+        .tx
+        .windows(32)
+        .position(|w| w == cp)
+        .context("payload in tx")?;
+    a.anchor.tx[at + 5] ^= 1;
+    std::fs::write(&bundle_path, serde_json::to_string(&bundle)?)?;
+    let (code, out) = run(&[
+        "verify-proof",
+        bundle_path.to_str().unwrap(),
+        "--bitcoin-rpc",
+        &btc.rpc.url,
+        "--rpc-user",
+        &user,
+        "--rpc-password",
+        &pass,
+    ])?;
+    assert_eq!(code, 20, "{out}");
+    assert!(out.contains("no OP_RETURN with this checkpoint"), "{out}");
+
+    // OpenTimestamps: the stock client verifies the exported proof against bitcoind.
+    let ots_path = tmp.path().join("mint.ots");
+    let (code, out) = run(&[
+        "proof",
+        "export-ots",
+        &item,
+        "--event",
+        "0",
+        "--out",
+        ots_path.to_str().unwrap(),
+        "--json",
+    ])?;
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    let digest = v["digest"].as_str().context("digest")?.to_string();
+    let node = btc
+        .rpc
+        .url
+        .replacen("http://", &format!("http://{user}:{pass}@"), 1);
+    let ots = Command::new("ots")
+        .args([
+            "--no-cache",
+            "--btc-regtest",
+            "--bitcoin-node",
+            &node,
+            "verify",
+            "-d",
+            &digest,
+        ])
+        .arg(&ots_path)
+        .output()
+        .context("running the OpenTimestamps client `ots` (pip install opentimestamps-client)")?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&ots.stdout),
+        String::from_utf8_lossy(&ots.stderr)
+    );
+    assert!(
+        ots.status.success() && text.contains("Success"),
+        "ots verify: {text}"
+    );
     Ok(())
 }
