@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the build needs (idempotent; does nothing when all are present).
+# Installs what the build and tests need (idempotent; does nothing when all is present): Debian
+# packages, and the OpenTimestamps client from PyPI.
 #   libclang-dev: RocksDB's bindgen.  cmake, pkg-config: -sys crates and the bitcoind build.
 #   libboost-dev, libevent-dev: building bitcoind from source (scripts/bitcoind.sh).
 set -euo pipefail
@@ -8,12 +9,17 @@ missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-if [ ${#missing[@]} -eq 0 ]; then
-  exit 0
+if [ ${#missing[@]} -ne 0 ]; then
+  echo "setup: installing ${missing[*]}" >&2
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+  echo "setup: done" >&2
 fi
-echo "setup: installing ${missing[*]}" >&2
-SUDO=""
-[ "$(id -u)" -eq 0 ] || SUDO="sudo"
-$SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
-echo "setup: done" >&2
+# The stock OpenTimestamps client, used by the tests to verify exported .ots proofs.
+if ! command -v ots >/dev/null 2>&1; then
+  echo "setup: installing opentimestamps-client (PyPI)" >&2
+  python3 -m pip install -q opentimestamps-client >/dev/null 2>&1 || pip install -q opentimestamps-client >/dev/null
+  hash -r
+fi

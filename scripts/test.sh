@@ -6,6 +6,10 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 source scripts/env.sh
 
+echo "== bitcoind (built once from the libbitcoinkernel-sys source and cached; ~12 min the first time)"
+BITCOIND="$(scripts/bitcoind.sh | tail -1)/bitcoind"
+export BITCOIND
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
