@@ -13,7 +13,7 @@ CRATE_VERSION="${HALLMARK_KERNEL_CRATE_VERSION:-0.4.1}"
 log() { echo "bitcoind.sh: $*" >&2; }
 
 check() { # dir
-  [ -x "$1/bitcoind" ] && [ -x "$1/bitcoin-cli" ] && "$1/bitcoind" -version >/dev/null 2>&1
+  [ -x "$1/bitcoind" ] && [ -x "$1/bitcoin-cli" ]
 }
 
 if [ -n "${BITCOIND:-}" ]; then
@@ -33,9 +33,17 @@ if command -v bitcoind >/dev/null && command -v bitcoin-cli >/dev/null; then
 fi
 
 prefix="$HALLMARK_CACHE/bitcoin-core/$CRATE_VERSION"
-if check "$prefix/bin"; then
-  echo "$prefix/bin"; exit 0
-fi
+cached() {
+  if check "$prefix/bin"; then
+    echo "$prefix/bin"; exit 0
+  fi
+}
+cached
+# One build at a time (tests and scripts may ask concurrently); whoever waited finds it built.
+mkdir -p "$HALLMARK_CACHE/bitcoin-core"
+exec 9>"$HALLMARK_CACHE/bitcoin-core/build.lock"
+flock 9
+cached
 
 log "no bitcoind found: building Bitcoin Core from libbitcoinkernel-sys $CRATE_VERSION (one time, ~12 min on 2 cores)"
 scripts/setup.sh
@@ -81,6 +89,6 @@ for b in bitcoind bitcoin-cli; do
   [ -n "$f" ] || { log "build produced no $b; see $work/build.log"; exit 1; }
   cp "$f" "$prefix/bin/$b"
 done
-check "$prefix/bin" || { log "built binaries do not run"; exit 1; }
+"$prefix/bin/bitcoind" -version >/dev/null || { log "the built bitcoind does not run"; exit 1; }
 log "built $("$prefix/bin/bitcoind" -version | head -1) into $prefix/bin"
 echo "$prefix/bin"

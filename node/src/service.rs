@@ -116,6 +116,7 @@ pub async fn start(
                 every_events: config.checkpoint_every_events.max(1),
                 every: Duration::from_secs(config.checkpoint_every_secs),
                 anchor_timeout: Duration::from_secs(config.anchor_timeout_secs),
+                proposer_timeout: Duration::from_millis(config.round_timeout_ms * 4),
             },
             anchor,
         },

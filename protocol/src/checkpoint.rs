@@ -243,7 +243,8 @@ impl Anchor {
         let header: Header = deserialize(&self.header).map_err(|_| CheckpointError::BadHeader)?;
         let txid = tx.compute_txid();
         // The index must fit the branch's depth, or one branch would prove many positions.
-        let fits = self.branch.siblings.len() >= 32 || self.branch.index >> self.branch.siblings.len() == 0;
+        let fits = self.branch.siblings.len() >= 32
+            || self.branch.index >> self.branch.siblings.len() == 0;
         if !fits || self.branch.root(&txid) != header.merkle_root.to_byte_array() {
             return Err(CheckpointError::BranchMismatch);
         }

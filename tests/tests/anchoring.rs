@@ -17,6 +17,10 @@ const BIN: &str = env!("CARGO_BIN_EXE_hallmark-test-node");
 const WAIT: Duration = Duration::from_secs(10);
 
 async fn federation(btc: &Bitcoind) -> Result<Harness> {
+    federation_with(btc, 30).await
+}
+
+async fn federation_with(btc: &Bitcoind, bump_after_secs: u64) -> Result<Harness> {
     let (user, password) = btc.credentials();
     let url = btc.rpc.url.clone();
     let h = Harness::start_with(BIN, 4, 3, |o| {
@@ -30,7 +34,7 @@ async fn federation(btc: &Bitcoind) -> Result<Harness> {
             cookie_file: None,
             network: "regtest".into(),
             fee_floor_sat_vb: 1,
-            bump_after_secs: 30,
+            bump_after_secs,
         });
     })
     .await?;
@@ -86,6 +90,10 @@ async fn mint(h: &Harness, n: usize) -> Result<(Author, Vec<ItemId>)> {
 
 /// Waits until checkpoint `n` is anchored (in a block) on every operator; returns the block hash.
 async fn anchored_everywhere(h: &Harness, btc: &Bitcoind, n: u64) -> Result<BlockHash> {
+    anchored_on(h, btc, n, &[0, 1, 2, 3]).await
+}
+
+async fn anchored_on(h: &Harness, btc: &Bitcoind, n: u64, ops: &[usize]) -> Result<BlockHash> {
     poll_until(
         Duration::from_secs(60),
         &format!("checkpoint {n} anchored on all operators"),
@@ -95,7 +103,7 @@ async fn anchored_everywhere(h: &Harness, btc: &Bitcoind, n: u64) -> Result<Bloc
                 btc.mine(1, &Bitcoind::burn_address()).ok()?;
             }
             let mut block = None;
-            for i in 0..4 {
+            for &i in ops {
                 let v = h.client(i).checkpoints(n).await.ok()?;
                 let cp = v["checkpoints"].get(0)?;
                 let b: BlockHash = serde_json::from_value(cp["anchor"]["block"].clone()).ok()?;
@@ -331,5 +339,72 @@ fn cli_checks(h: &Harness, btc: &Bitcoind, item: &ItemId, block: &BlockHash) -> 
         ots.status.success() && text.contains("Success"),
         "ots verify: {text}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_down_leader_is_replaced_for_proposing_and_anchoring_and_stuck_anchors_are_fee_bumped(
+) -> Result<()> {
+    let btc = Bitcoind::start()?;
+    let mut h = federation_with(&btc, 2).await?;
+    // Operator 0 would propose and anchor checkpoint 0: it is down.
+    h.stop(0)?;
+    let m = h.author();
+    let c = h.client(1);
+    c.submit(
+        &m.event(
+            0,
+            EventHash::ZERO,
+            EventKind::RegisterManufacturer {
+                name: "Acme".into(),
+            },
+        ),
+        WAIT,
+    )
+    .await?
+    .certified()?;
+    for k in 0..3 {
+        let ev = m.event(
+            0,
+            EventHash::ZERO,
+            EventKind::Mint {
+                serial: format!("S{k}"),
+                product: "P".into(),
+                owner: m.key.public_key(),
+            },
+        );
+        c.submit(&ev, WAIT).await?.certified()?;
+    }
+    // Operator 1 proposes in its place, and after the anchor timeout anchors in its place.
+    let first = poll_until(
+        Duration::from_secs(60),
+        "an anchor transaction in the mempool",
+        || async { btc.client().mempool().ok()?.first().copied() },
+    )
+    .await?;
+    // Nobody mines for a while: the anchor's fee is bumped (RBF), replacing it in the mempool.
+    // (Later operators may also anchor the still-unconfirmed checkpoint meanwhile.)
+    poll_until(
+        Duration::from_secs(30),
+        "the anchor to be replaced by a fee bump",
+        || async {
+            let pool = btc.client().mempool().ok()?;
+            (!pool.is_empty() && !pool.contains(&first)).then_some(())
+        },
+    )
+    .await
+    .with_context(|| h.log_tail(1))?;
+    let block = anchored_on(&h, &btc, 0, &[1, 2, 3]).await?;
+    let v = h.client(2).checkpoints(0).await?;
+    let txid: bitcoin::Txid =
+        serde_json::from_value(v["checkpoints"][0]["anchor"]["txid"].clone())?;
+    assert_ne!(
+        txid, first,
+        "the replaced transaction is not what confirmed"
+    );
+    let height = v["checkpoints"][0]["anchor"]["anchor"]["height"]
+        .as_u64()
+        .context("height")?;
+    assert_eq!(btc.client().block_hash(height)?, block);
     Ok(())
 }

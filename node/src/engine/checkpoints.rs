@@ -3,7 +3,8 @@
 //! Checkpoint `k` is agreed in the slot (`Subject::Checkpoint`, k) with the same two-phase
 //! voting as events. The proposer of round `r` is operator `(k + r) mod n`: when at least
 //! `every_events` certified events are not yet checkpointed, or any are and `every` has passed,
-//! it proposes all of them (up to a cap), in ascending hash order. Every operator validates a
+//! and no proposal has arrived (the turn moves to the next operator every `proposer_timeout`), it
+//! proposes all of them (up to a cap), in ascending hash order. Every operator validates a
 //! proposal against its own store — right number and previous hash, every event certified here
 //! and not yet checkpointed, root and count recomputed — and votes. A proposal naming events an
 //! operator lacks waits until catch-up brings them.
@@ -37,6 +38,8 @@ pub struct CheckpointConfig {
     pub every: Duration,
     /// How long the next operator waits for a confirmed anchor before anchoring itself.
     pub anchor_timeout: Duration,
+    /// How long an operator waits for the due proposer before proposing in its place.
+    pub proposer_timeout: Duration,
 }
 
 impl Engine {
@@ -48,18 +51,31 @@ impl Engine {
     pub(super) fn maybe_propose(&mut self) -> Result<(), StoreError> {
         let store = &self.cfg.store;
         let number = store.next_checkpoint()?;
-        let key = (Subject::Checkpoint, number);
-        let round = self.slots.get(&key).map_or(0, |e| e.slot.round());
-        if (number + u64::from(round)) % self.n() != self.cfg.me as u64
-            || self.proposed.contains(&(number, round))
-        {
-            return Ok(());
-        }
         let mut events = store.uncheckpointed(MAX_EVENTS_PER_CHECKPOINT)?;
         let due = events.len() >= self.cfg.checkpoints.every_events
             || (!events.is_empty()
                 && self.last_checkpoint_at.elapsed() >= self.cfg.checkpoints.every);
         if !due {
+            self.cp_due_since = None;
+            return Ok(());
+        }
+        // Someone proposed already: vote on that instead.
+        if self
+            .slots
+            .get(&(Subject::Checkpoint, number))
+            .is_some_and(|e| !e.slot.candidates().is_empty())
+        {
+            return Ok(());
+        }
+        // Proposer turns rotate every `proposer_timeout` while no proposal arrives, so a proposer
+        // that is down is replaced by the next operator.
+        let since = *self.cp_due_since.get_or_insert_with(Instant::now);
+        let turn = (since.elapsed().as_millis()
+            / self.cfg.checkpoints.proposer_timeout.as_millis().max(1)) as u32;
+        let round = turn;
+        if (number + u64::from(turn)) % self.n() != self.cfg.me as u64
+            || self.proposed.contains(&(number, round))
+        {
             return Ok(());
         }
         let prev = store.last_checkpoint_hash()?;
@@ -214,6 +230,7 @@ impl Engine {
         self.cp_by_hash.insert(hash, number);
         self.final_at.insert(number, Instant::now());
         self.last_checkpoint_at = Instant::now();
+        self.cp_due_since = None;
         if let Some(entry) = self.slots.remove(&(Subject::Checkpoint, number)) {
             for c in entry.slot.candidates() {
                 self.cp_candidates.remove(c);

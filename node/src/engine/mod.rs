@@ -195,6 +195,7 @@ pub struct Engine {
     anchored_by_me: HashSet<u64>,
     cp_by_hash: HashMap<CheckpointHash, u64>,
     last_checkpoint_at: Instant,
+    cp_due_since: Option<Instant>,
 }
 
 impl Engine {
@@ -238,6 +239,7 @@ impl Engine {
             anchored_by_me: HashSet::new(),
             cp_by_hash: HashMap::new(),
             last_checkpoint_at: Instant::now(),
+            cp_due_since: None,
         }
         .with_unanchored_checkpoints()
     }
