@@ -219,7 +219,8 @@ impl Worker {
             if p.since.elapsed() >= bump_after {
                 // Double it, plus the relay increment BIP 125 asks of a replacement (1 sat/vB),
                 // plus rounding slack.
-                let fee = FeeRate::from_sat_per_vb(p.fee.to_sat_per_vb_ceil() * 2 + 2).unwrap_or(p.fee);
+                let fee =
+                    FeeRate::from_sat_per_vb(p.fee.to_sat_per_vb_ceil() * 2 + 2).unwrap_or(p.fee);
                 match wallet.bump_fee(p.txid, fee) {
                     Ok(tx) => {
                         info!(old = %p.txid, new = %tx.compute_txid(), "anchor fee bumped (RBF)");

@@ -61,6 +61,11 @@ pub enum Rpc {
         /// First checkpoint number.
         from: u64,
     },
+    /// Certified events by hash (for a checkpoint proposal naming events the asker lacks).
+    Events {
+        /// The hashes.
+        hashes: Vec<EventHash>,
+    },
 }
 
 /// A catch-up response.

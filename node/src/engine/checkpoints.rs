@@ -121,18 +121,28 @@ impl Engine {
             );
             return Ok(());
         }
+        let mut missing = Vec::new();
         for e in &p.events {
             if !store.is_uncheckpointed(e)? {
-                if store.certificate(e)?.is_none() {
-                    // Not certified here (yet): wait for catch-up, then look again.
-                    if self.cp_deferred.len() < MAX_DEFERRED_PROPOSALS {
-                        self.cp_deferred.push(p);
-                    }
-                } else {
+                if store.certificate(e)?.is_some() {
                     warn!(number = cp.number, event = %e, "checkpoint proposal re-covers a checkpointed event");
+                    return Ok(());
                 }
-                return Ok(());
+                missing.push(*e);
             }
+        }
+        if !missing.is_empty() {
+            // Not certified here (yet): fetch them, and look at the proposal again on a later tick.
+            debug!(
+                number = cp.number,
+                missing = missing.len(),
+                "fetching events a checkpoint proposal names"
+            );
+            self.fetch_events(missing);
+            if self.cp_deferred.len() < MAX_DEFERRED_PROPOSALS {
+                self.cp_deferred.push(p);
+            }
+            return Ok(());
         }
         let key = (Subject::Checkpoint, cp.number);
         self.cp_candidates.insert(target, p);

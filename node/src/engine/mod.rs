@@ -878,6 +878,49 @@ impl Engine {
         });
     }
 
+    /// Asks a connected peer for certified events by hash (fed back as gossip once verified).
+    fn fetch_events(&mut self, hashes: Vec<EventHash>) {
+        let Some(peer) = self
+            .cfg
+            .peer_ids
+            .iter()
+            .find(|p| self.peers.contains(p))
+            .copied()
+        else {
+            return;
+        };
+        let (p2p, inputs, federation) = (
+            self.cfg.p2p.clone(),
+            self.inputs.clone(),
+            self.cfg.federation.clone(),
+        );
+        tokio::spawn(async move {
+            for chunk in hashes.chunks(MAX_CATCHUP_EVENTS) {
+                let req = encode(&Rpc::Events {
+                    hashes: chunk.to_vec(),
+                });
+                let Ok(bytes) = p2p.request(peer, req).await else {
+                    return;
+                };
+                let Ok(r) = hallmark_protocol::decode::<RpcResponse>(&bytes) else {
+                    return;
+                };
+                let fed = federation.clone();
+                let events = tokio::task::spawn_blocking(move || {
+                    r.events
+                        .into_iter()
+                        .filter(|ce| ce.verify(&fed).is_ok())
+                        .collect::<Vec<_>>()
+                })
+                .await
+                .unwrap_or_default();
+                let _ = inputs
+                    .send(Input::Gossip(Verified::Certified(events)))
+                    .await;
+            }
+        });
+    }
+
     /// Asks a connected peer for a subject's chain from `from_height` (at most one request per
     /// subject every few seconds).
     fn fetch_chain(&mut self, subject: Subject, from_height: u64) {
@@ -1062,6 +1105,13 @@ pub fn serve_rpc(store: &Store, request: &[u8]) -> Vec<u8> {
                 .into_iter()
                 .filter(|ce| ce.event.body.height >= from_height)
                 .take(MAX_CATCHUP_EVENTS)
+                .collect();
+        }
+        Ok(Rpc::Events { hashes }) => {
+            resp.events = hashes
+                .iter()
+                .take(MAX_CATCHUP_EVENTS)
+                .filter_map(|h| store.certified(h).ok().flatten())
                 .collect();
         }
         Ok(Rpc::Checkpoints { from }) => {
