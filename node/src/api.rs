@@ -362,6 +362,8 @@ impl Api {
         info["log_len"] = json!(self.store.log_len().unwrap_or(0));
         info["peers_connected"] = json!(hallmark_p2p::connected_peers());
         info["evidence_records"] = json!(self.store.evidence_count().unwrap_or(0));
+        let tip = metrics::CHAIN_TIP.get();
+        info["bitcoin_tip"] = if tip > 0 { json!(tip) } else { json!(null) };
         ok(&info)
     }
 

@@ -71,6 +71,60 @@ enum Command {
         /// Item id or hallmark:<item>@<federation> URI (what the tag carries).
         item: String,
     },
+    /// Your BDK wallet (regtest; persisted next to your key file).
+    Wallet {
+        #[command(subcommand)]
+        cmd: crate::sales::WalletCmd,
+        #[command(flatten)]
+        bitcoin: crate::proofs::BitcoinOpts,
+    },
+    /// Offer to buy an item from its current owner (buyer).
+    Offer {
+        /// Item id or hallmark: URI.
+        item: String,
+        /// Price in satoshis.
+        #[arg(long)]
+        price: u64,
+    },
+    /// Accept an offer (seller): the item is locked in escrow under an invoice computed from the
+    /// federation's fee schedule.
+    Accept {
+        /// Offer id.
+        offer: String,
+        /// Where your payout goes (a regtest address).
+        #[arg(long)]
+        payout: String,
+        /// Blocks from the current tip until the payment deadline.
+        #[arg(long, default_value_t = 144)]
+        deadline_blocks: u32,
+        /// An explicit deadline height instead.
+        #[arg(long)]
+        deadline_height: Option<u32>,
+    },
+    /// Pay an accepted offer in one transaction (buyer): every invoice output plus an OP_RETURN
+    /// binding the payment to this offer.
+    Pay {
+        /// Offer id.
+        offer: String,
+        /// Fee rate, sat/vB.
+        #[arg(long, default_value_t = 2)]
+        fee_rate: u64,
+        #[command(flatten)]
+        bitcoin: crate::proofs::BitcoinOpts,
+    },
+    /// Settle a paid sale: ownership moves to the buyer once operators verify the payment.
+    Settle {
+        /// Offer id.
+        offer: String,
+        /// The payment transaction.
+        #[arg(long)]
+        payment: bitcoin::Txid,
+    },
+    /// Return an unpaid escrowed item to its seller after the deadline.
+    Expire {
+        /// Offer id.
+        offer: String,
+    },
     /// Proof bundles and OpenTimestamps export.
     #[command(subcommand)]
     Proof(crate::proofs::ProofCmd),
@@ -130,7 +184,8 @@ struct InitArgs {
     /// (keep below 32768, where Linux hands out ephemeral ports).
     #[arg(long, default_value_t = 27100)]
     base_port: u16,
-    /// How operators check sale payments: none, or mock (accepts any settlement; tests and demos).
+    /// How operators check sale payments: bitcoind (needs --bitcoin-rpc), mock (accepts any
+    /// settlement; tests and offline demos) or none.
     #[arg(long, value_enum, default_value = "mock")]
     payments: PaymentArg,
     /// Base timeout of a voting round, in milliseconds.
@@ -162,6 +217,7 @@ struct InitArgs {
 enum PaymentArg {
     None,
     Mock,
+    Bitcoind,
 }
 
 fn init_tracing() {
@@ -208,6 +264,36 @@ async fn run(cli: Cli) -> Result<u8> {
             .map(|()| 0),
         Command::History { item } => commands::history(&Ctx::load(&opts)?, &item).await,
         Command::Scan { item } => commands::scan(&Ctx::load(&opts)?, &item).await,
+        Command::Wallet { cmd, bitcoin } => {
+            crate::sales::wallet(&Ctx::load(&opts)?, &cmd, &opts.key, &bitcoin)
+        }
+        Command::Offer { item, price } => {
+            crate::sales::offer(&Ctx::load(&opts)?, &item, price).await
+        }
+        Command::Accept {
+            offer,
+            payout,
+            deadline_blocks,
+            deadline_height,
+        } => {
+            crate::sales::accept(
+                &Ctx::load(&opts)?,
+                &offer,
+                &payout,
+                deadline_blocks,
+                deadline_height,
+            )
+            .await
+        }
+        Command::Pay {
+            offer,
+            fee_rate,
+            bitcoin,
+        } => crate::sales::pay(&Ctx::load(&opts)?, &offer, &opts.key, &bitcoin, fee_rate).await,
+        Command::Settle { offer, payment } => {
+            crate::sales::settle(&Ctx::load(&opts)?, &offer, payment).await
+        }
+        Command::Expire { offer } => crate::sales::expire(&Ctx::load(&opts)?, &offer).await,
         Command::Proof(cmd) => crate::proofs::proof(&Ctx::load(&opts)?, &cmd).await,
         Command::VerifyProof {
             file,
@@ -231,6 +317,7 @@ async fn run(cli: Cli) -> Result<u8> {
             opts.payments = match a.payments {
                 PaymentArg::None => PaymentMode::None,
                 PaymentArg::Mock => PaymentMode::Mock,
+                PaymentArg::Bitcoind => PaymentMode::Bitcoind,
             };
             opts.round_timeout_ms = a.round_timeout_ms;
             opts.checkpoint_every_events = a.checkpoint_every_events;

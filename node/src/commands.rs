@@ -104,7 +104,8 @@ impl Ctx {
         })
     }
 
-    fn author(&self) -> Result<Author> {
+    /// The author of this client's events (its key file).
+    pub fn author(&self) -> Result<Author> {
         Ok(Author::new(
             self.federation.id(),
             keyfile::read(&self.opts.key)?,
@@ -112,7 +113,8 @@ impl Ctx {
     }
 
     /// Submits to the operators in turn until one certifies it; a rejection is final.
-    async fn submit(&self, event: &Event) -> Result<CertifiedEvent> {
+    /// Submits an event to the operators in turn until one certifies it.
+    pub async fn submit(&self, event: &Event) -> Result<CertifiedEvent> {
         let wait = Duration::from_millis(self.opts.wait_ms);
         let mut last = None;
         for (i, c) in &self.operators {

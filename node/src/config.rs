@@ -20,6 +20,8 @@ pub enum PaymentMode {
     /// The seed's mock adapter, for tests and offline demos: every Settle and ExpireEscrow of
     /// the escrowed sale is accepted as if the chain said so.
     Mock,
+    /// The operator's own bitcoind (its `[bitcoin]` section; the node needs `-txindex`).
+    Bitcoind,
 }
 
 /// `operator.toml`. Relative paths are relative to the file.
@@ -41,6 +43,9 @@ pub struct OperatorConfig {
     /// Payment checks for settlement.
     #[serde(default)]
     pub payments: PaymentMode,
+    /// Confirmations a sale's payment needs (bitcoind payments).
+    #[serde(default = "default_confirmations")]
+    pub payment_confirmations: u32,
     /// How far an event's timestamp may be from this operator's clock.
     #[serde(default = "default_window")]
     pub timestamp_window_secs: u64,
@@ -107,6 +112,10 @@ impl BitcoinConfig {
             .parse()
             .map_err(|_| anyhow::anyhow!("bitcoin: unknown network {:?}", self.network))
     }
+}
+
+fn default_confirmations() -> u32 {
+    1
 }
 
 fn default_checkpoint_events() -> usize {

@@ -136,6 +136,7 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<()> {
             http_listen: format!("127.0.0.1:{http}").parse()?,
             metrics_listen: format!("127.0.0.1:{metrics}").parse()?,
             payments: opts.payments,
+            payment_confirmations: 1,
             timestamp_window_secs: 600,
             round_timeout_ms: opts.round_timeout_ms,
             checkpoint_every_events: opts.checkpoint_every_events,

@@ -35,7 +35,8 @@ pub struct BitcoinOpts {
 }
 
 impl BitcoinOpts {
-    fn client(&self) -> Result<Option<RpcClient>> {
+    /// An RPC client, if `--bitcoin-rpc` was given.
+    pub fn rpc_client(&self) -> Result<Option<RpcClient>> {
         let Some(url) = &self.bitcoin_rpc else {
             return Ok(None);
         };
@@ -218,7 +219,7 @@ pub async fn verify_proof(
         }
     };
     let trusted = headers.map(read_headers).transpose()?;
-    let rpc = btc.client()?;
+    let rpc = btc.rpc_client()?;
     if trusted.is_none() && rpc.is_none() {
         bail!("give --headers FILE (trusted block headers, hex, one per line) or --bitcoin-rpc: without them the anchors' blocks cannot be checked against a chain you trust");
     }
@@ -286,7 +287,7 @@ pub async fn verify_proof(
 /// `audit`: the whole checkpoint chain of an operator, checked against the auditor's bitcoind.
 pub async fn run_audit(ctx: &Ctx, btc: &BitcoinOpts) -> Result<u8> {
     let rpc = btc
-        .client()?
+        .rpc_client()?
         .context("the auditor needs its own bitcoind: --bitcoin-rpc URL with credentials")?;
     let (i, c) = ctx
         .operators()

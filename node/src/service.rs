@@ -14,9 +14,10 @@ use tracing::{info, warn};
 
 use crate::anchoring;
 use crate::api::{self, Api};
-use crate::config::Loaded;
+use crate::config::{Loaded, PaymentMode};
 use crate::engine::{self, CheckpointConfig, Engine, EngineConfig, Input};
 use crate::metrics;
+use crate::payments::{BitcoindPayments, MockPayments, PaymentAdapter};
 use crate::store::Store;
 
 /// Milliseconds since the Unix epoch.
@@ -78,6 +79,20 @@ pub async fn start(
     .await?;
 
     let (inputs, inputs_rx) = mpsc::channel(engine::INPUT_QUEUE);
+    let payments: Option<std::sync::Arc<dyn PaymentAdapter>> = match config.payments {
+        PaymentMode::None => None,
+        PaymentMode::Mock => Some(std::sync::Arc::new(MockPayments)),
+        PaymentMode::Bitcoind => {
+            let b = config
+                .bitcoin
+                .as_ref()
+                .context("payments = \"bitcoind\" needs a [bitcoin] section")?;
+            Some(std::sync::Arc::new(BitcoindPayments::new(
+                b.rpc()?.client()?,
+                config.payment_confirmations,
+            )))
+        }
+    };
     let anchor = match &config.bitcoin {
         Some(b) => Some(anchoring::spawn(
             anchoring::WorkerConfig {
@@ -108,7 +123,7 @@ pub async fn start(
                 .filter(|p| p.index != me)
                 .map(|p| p.peer_id)
                 .collect(),
-            payments: config.payments,
+            payments,
             timestamp_window_ms: config.timestamp_window_secs * 1000,
             round_timeout: Duration::from_millis(config.round_timeout_ms),
             clock: now_ms,

@@ -24,6 +24,7 @@ pub mod ids;
 pub mod invoice;
 pub mod keys;
 pub mod merkle;
+pub mod sale;
 pub mod state;
 pub mod testkit;
 pub mod verify;

@@ -104,3 +104,39 @@ impl Drop for Bitcoind {
         let _ = self.stop();
     }
 }
+
+/// Starts a federation of `exe` operators that anchor on `btc`, check sale payments on it
+/// (`payments = bitcoind`), and have funded wallets.
+pub async fn federation_on(
+    exe: &str,
+    btc: &Bitcoind,
+    configure: impl FnOnce(&mut hallmark_node::devnet::InitOptions),
+) -> Result<crate::Harness> {
+    let (user, password) = btc.credentials();
+    let url = btc.rpc.url.clone();
+    let h = crate::Harness::start_with(exe, 4, 3, |o| {
+        o.payments = hallmark_node::config::PaymentMode::Bitcoind;
+        o.checkpoint_every_events = 1_000;
+        o.checkpoint_every_secs = 2;
+        o.anchor_timeout_secs = 10;
+        o.bitcoin = Some(hallmark_node::config::BitcoinConfig {
+            rpc_url: url,
+            rpc_user: Some(user),
+            rpc_password: Some(password),
+            cookie_file: None,
+            network: "regtest".into(),
+            fee_floor_sat_vb: 1,
+            bump_after_secs: 60,
+        });
+        configure(o);
+    })
+    .await?;
+    for i in 0..h.len() {
+        let key = h.operator_key(i)?;
+        btc.mine(
+            1,
+            &hallmark_wallet::first_address(&key.secret_bytes(), Network::Regtest),
+        )?;
+    }
+    Ok(h)
+}

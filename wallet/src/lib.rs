@@ -322,6 +322,49 @@ pub fn first_address(secret: &[u8; 32], network: Network) -> Address {
     wallet.peek_address(KeychainKind::External, 0).address
 }
 
+/// Raw-JSON RPCs (bitcoincore-rpc's typed results do not all parse against recent Bitcoin Core).
+pub trait RpcClientRaw {
+    /// A transaction (needs `-txindex` unless it is in the mempool) and its block, if confirmed.
+    fn raw_tx(&self, txid: &Txid)
+        -> Result<(Transaction, Option<bitcoin::BlockHash>), WalletError>;
+    /// The height of a block.
+    fn block_height(&self, hash: &bitcoin::BlockHash) -> Result<u32, WalletError>;
+}
+
+impl RpcClientRaw for RpcClient {
+    fn raw_tx(
+        &self,
+        txid: &Txid,
+    ) -> Result<(Transaction, Option<bitcoin::BlockHash>), WalletError> {
+        let v: serde_json::Value = self.call(
+            "getrawtransaction",
+            &[serde_json::json!(txid.to_string()), serde_json::json!(true)],
+        )?;
+        let hex = v["hex"]
+            .as_str()
+            .ok_or_else(|| WalletError::Bdk("getrawtransaction: no hex".into()))?;
+        let bytes = <Vec<u8> as bitcoin::hex::FromHex>::from_hex(hex).map_err(bdk)?;
+        let tx: Transaction = bitcoin::consensus::deserialize(&bytes).map_err(bdk)?;
+        let block = v["blockhash"]
+            .as_str()
+            .map(|s| s.parse())
+            .transpose()
+            .map_err(bdk)?;
+        Ok((tx, block))
+    }
+
+    fn block_height(&self, hash: &bitcoin::BlockHash) -> Result<u32, WalletError> {
+        let v: serde_json::Value = self.call(
+            "getblockheader",
+            &[serde_json::json!(hash.to_string()), serde_json::json!(true)],
+        )?;
+        v["height"]
+            .as_u64()
+            .map(|h| h as u32)
+            .ok_or_else(|| WalletError::Bdk("getblockheader: no height".into()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

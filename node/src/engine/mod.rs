@@ -14,8 +14,8 @@ use hallmark_p2p::{Command, P2pHandle, PeerId};
 use hallmark_protocol::consensus::{Action, Slot, SlotConfig};
 use hallmark_protocol::{
     apply_item_event, encode, Attestation, BatchVote, Certificate, CertifiedEvent, Event,
-    EventHash, EventKind, Federation, ItemStatus, ManufacturerId, ManufacturerRecord, OfferRecord,
-    Phase, SigningKey, Subject, VerifiedBatch, Vote,
+    EventHash, EventKind, Federation, ItemState, ItemStatus, ManufacturerId, ManufacturerRecord,
+    OfferRecord, Phase, SigningKey, Subject, VerifiedBatch, Vote,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -27,8 +27,8 @@ pub use checkpoints::{CheckpointConfig, MAX_EVENTS_PER_CHECKPOINT};
 use hallmark_protocol::checkpoint::CheckpointHash;
 
 use crate::anchoring::{AnchorCmd, ChainEvent};
-use crate::config::PaymentMode;
 use crate::metrics;
+use crate::payments::{PaymentAdapter, MAX_ESCROW_BLOCKS};
 use crate::store::{slot_key, FinalCheckpoint, StateChange, Store, StoreError};
 use crate::wire::{Gossip, Proposal, Rpc, RpcResponse, MAX_CATCHUP_EVENTS};
 
@@ -125,7 +125,18 @@ pub enum Input {
     Peer(PeerId, bool),
     /// News from the anchoring worker.
     Chain(ChainEvent),
+    /// A payment adapter's verdict on a Settle or ExpireEscrow.
+    PaymentChecked {
+        /// The event.
+        event: Event,
+        /// Its hash.
+        hash: EventHash,
+        /// The verdict.
+        result: Result<(), String>,
+    },
 }
+
+type Reply = oneshot::Sender<Result<Submitted, Rejection>>;
 
 /// What the event loop is built from.
 pub struct EngineConfig {
@@ -141,8 +152,8 @@ pub struct EngineConfig {
     pub p2p: P2pHandle,
     /// Members' PeerIds by operator index.
     pub peer_ids: Vec<PeerId>,
-    /// Payment checks.
-    pub payments: PaymentMode,
+    /// Payment checks (None: settlement is refused).
+    pub payments: Option<std::sync::Arc<dyn PaymentAdapter>>,
     /// Accepted clock skew of events, ms.
     pub timestamp_window_ms: u64,
     /// Base round timeout.
@@ -196,6 +207,8 @@ pub struct Engine {
     cp_by_hash: HashMap<CheckpointHash, u64>,
     last_checkpoint_at: Instant,
     cp_due_since: Option<Instant>,
+    payment_checks: HashMap<EventHash, Vec<Reply>>,
+    chain_tip: Option<u32>,
 }
 
 impl Engine {
@@ -240,6 +253,8 @@ impl Engine {
             cp_by_hash: HashMap::new(),
             last_checkpoint_at: Instant::now(),
             cp_due_since: None,
+            payment_checks: HashMap::new(),
+            chain_tip: None,
         }
         .with_unanchored_checkpoints()
     }
@@ -298,11 +313,15 @@ impl Engine {
     fn handle(&mut self, input: Input) {
         let result = match input {
             Input::Submit { event, hash, reply } => {
-                let r = self.submit(event, hash);
-                if let Err(e) = &r {
-                    metrics::REJECTED.with_label_values(&[e.code]).inc();
-                }
-                let _ = reply.send(r);
+                self.submit(event, hash, reply);
+                Ok(())
+            }
+            Input::PaymentChecked {
+                event,
+                hash,
+                result,
+            } => {
+                self.payment_checked(event, hash, result);
                 Ok(())
             }
             Input::Gossip(Verified::Votes {
@@ -313,7 +332,12 @@ impl Engine {
             Input::Gossip(Verified::Checkpoints(list)) => list
                 .into_iter()
                 .try_for_each(|f| self.on_final_checkpoint(f)),
-            Input::Chain(ev) => self.on_chain(ev),
+            Input::Chain(ev) => {
+                if let ChainEvent::Tip(h) = &ev {
+                    self.chain_tip = Some(*h);
+                }
+                self.on_chain(ev)
+            }
             Input::Gossip(Verified::Certified(list)) => {
                 list.into_iter().try_for_each(|ce| self.on_certified(ce))
             }
@@ -350,26 +374,142 @@ impl Engine {
         }
     }
 
-    fn submit(&mut self, event: Event, hash: EventHash) -> Result<Submitted, Rejection> {
-        if let Some(ce) = self.cfg.store.certified(&hash)? {
-            return Ok(Submitted::Certified(Box::new(ce)));
+    fn submit(&mut self, event: Event, hash: EventHash, reply: Reply) {
+        match self.admit(event, hash, Some(reply)) {
+            Ok(None) => {}
+            Ok(Some((submitted, reply))) => {
+                let _ = reply.send(Ok(submitted));
+            }
+            Err((e, reply)) => {
+                metrics::REJECTED.with_label_values(&[e.code]).inc();
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(e));
+                }
+            }
+        }
+    }
+
+    /// Checks a client's (`reply` set) or a peer's event and takes it as a candidate. Returns
+    /// what to answer now, or `None` when the answer comes later (a payment check is running).
+    #[allow(clippy::type_complexity)]
+    fn admit(
+        &mut self,
+        event: Event,
+        hash: EventHash,
+        reply: Option<Reply>,
+    ) -> Result<Option<(Submitted, Reply)>, (Rejection, Option<Reply>)> {
+        match self.cfg.store.certified(&hash) {
+            Ok(Some(ce)) => return Ok(reply.map(|r| (Submitted::Certified(Box::new(ce)), r))),
+            Ok(None) => {}
+            Err(e) => return Err((e.into(), reply)),
         }
         let now = (self.cfg.clock)();
-        if now.abs_diff(event.body.timestamp_ms) > self.cfg.timestamp_window_ms {
-            return Err(Rejection::new(
+        if reply.is_some() && now.abs_diff(event.body.timestamp_ms) > self.cfg.timestamp_window_ms {
+            let e = Rejection::new(
                 "timestamp_out_of_window",
                 format!(
                     "event timestamp {} is more than {} s from the operator's clock {now}",
                     event.body.timestamp_ms,
                     self.cfg.timestamp_window_ms / 1000
                 ),
-            ));
+            );
+            return Err((e, reply));
         }
-        let (subject, height) = self.validate(&event, hash)?;
-        let (tx, rx) = oneshot::channel();
-        self.waiters.entry(hash).or_default().push(tx);
+        let (subject, height) = match self.validate(&event, hash) {
+            Ok(x) => x,
+            Err(e) => return Err((e, reply)),
+        };
+        if matches!(
+            event.body.kind,
+            EventKind::Settle { .. } | EventKind::ExpireEscrow { .. }
+        ) && !self.candidates.contains_key(&hash)
+        {
+            // The money side: the payment adapter decides, off the event loop.
+            let Some(adapter) = self.cfg.payments.clone() else {
+                return Err((
+                    Rejection::new(
+                        "payment_unverified",
+                        "this operator has no payment adapter configured to verify settlement",
+                    ),
+                    reply,
+                ));
+            };
+            let escrow = match self.cfg.store.item(&match subject {
+                Subject::Item(i) => i,
+                _ => unreachable!("settle and expire are item events"),
+            }) {
+                Ok(Some(ItemState {
+                    status: ItemStatus::LockedInEscrow(e),
+                    ..
+                })) => *e,
+                Ok(_) => {
+                    return Err((
+                        Rejection::new("invalid_in_state", "item is not in escrow"),
+                        reply,
+                    ))
+                }
+                Err(e) => return Err((e.into(), reply)),
+            };
+            let first = !self.payment_checks.contains_key(&hash);
+            self.payment_checks.entry(hash).or_default().extend(reply);
+            if first {
+                let inputs = self.inputs.clone();
+                tokio::task::spawn_blocking(move || {
+                    let result = match &event.body.kind {
+                        EventKind::Settle { payment, .. } => adapter.check_settle(&escrow, payment),
+                        _ => adapter.check_expire(&escrow),
+                    };
+                    let _ = inputs.blocking_send(Input::PaymentChecked {
+                        event,
+                        hash,
+                        result,
+                    });
+                });
+            }
+            return Ok(None);
+        }
+        Ok(self.take_candidate(event, hash, subject, height, reply))
+    }
+
+    fn take_candidate(
+        &mut self,
+        event: Event,
+        hash: EventHash,
+        subject: Subject,
+        height: u64,
+        reply: Option<Reply>,
+    ) -> Option<(Submitted, Reply)> {
+        let answer = reply.map(|r| {
+            let (tx, rx) = oneshot::channel();
+            self.waiters.entry(hash).or_default().push(tx);
+            (Submitted::Pending(rx), r)
+        });
         self.add_candidate(event, hash, subject, height);
-        Ok(Submitted::Pending(rx))
+        answer
+    }
+
+    fn payment_checked(&mut self, event: Event, hash: EventHash, result: Result<(), String>) {
+        let replies = self.payment_checks.remove(&hash).unwrap_or_default();
+        let outcome = result
+            .map_err(|m| Rejection::new("payment_invalid", m))
+            .and_then(|()| self.validate(&event, hash));
+        match outcome {
+            Ok((subject, height)) => {
+                self.add_candidate(event, hash, subject, height);
+                for r in replies {
+                    let (tx, rx) = oneshot::channel();
+                    self.waiters.entry(hash).or_default().push(tx);
+                    let _ = r.send(Ok(Submitted::Pending(rx)));
+                }
+            }
+            Err(e) => {
+                debug!(%hash, "not voting for {}: {}", event.body.kind.name(), e.message);
+                for r in replies {
+                    metrics::REJECTED.with_label_values(&[e.code]).inc();
+                    let _ = r.send(Err(e.clone()));
+                }
+            }
+        }
     }
 
     /// Contextual validation against the certified state. Returns the event's slot.
@@ -429,12 +569,6 @@ impl Engine {
                 let state = store.item(item)?;
                 apply_item_event(&self.cfg.federation, state.as_ref(), event, hash)
                     .map_err(transition)?;
-                if matches!(
-                    event.body.kind,
-                    EventKind::Settle { .. } | EventKind::ExpireEscrow { .. }
-                ) {
-                    self.check_payment(state.as_ref().map(|s| &s.status))?;
-                }
             }
             EventKind::AcceptOffer { .. } => {
                 let Subject::Item(item) = subject else {
@@ -446,22 +580,28 @@ impl Engine {
                 let state = store.item(&item)?;
                 apply_item_event(&self.cfg.federation, state.as_ref(), event, hash)
                     .map_err(transition)?;
+                if let (Some(p), EventKind::AcceptOffer { invoice, .. }) =
+                    (&self.cfg.payments, &event.body.kind)
+                {
+                    if p.checks_deadlines() {
+                        let Some(tip) = self.chain_tip else {
+                            return Err(Rejection::new(
+                                "chain_unavailable",
+                                "this operator does not know the chain height yet",
+                            ));
+                        };
+                        let d = invoice.deadline_height;
+                        if d <= tip || d > tip + MAX_ESCROW_BLOCKS {
+                            return Err(Rejection::new(
+                                "bad_deadline",
+                                format!("deadline {d} must be above the tip {tip} and at most {MAX_ESCROW_BLOCKS} blocks ahead"),
+                            ));
+                        }
+                    }
+                }
             }
         }
         Ok((subject, height))
-    }
-
-    fn check_payment(&self, status: Option<&ItemStatus>) -> Result<(), Rejection> {
-        match (self.cfg.payments, status) {
-            (PaymentMode::Mock, Some(ItemStatus::LockedInEscrow(_))) => Ok(()),
-            (PaymentMode::Mock, _) => {
-                Err(Rejection::new("invalid_in_state", "item is not in escrow"))
-            }
-            (PaymentMode::None, _) => Err(Rejection::new(
-                "payment_unverified",
-                "this operator has no payment adapter configured to verify settlement",
-            )),
-        }
     }
 
     fn add_candidate(&mut self, event: Event, hash: EventHash, subject: Subject, height: u64) {
@@ -598,10 +738,10 @@ impl Engine {
         if self.candidates.contains_key(&hash) || self.cfg.store.certificate(&hash)?.is_some() {
             return Ok(());
         }
-        match self.validate(&event, hash) {
-            Ok((subject, height)) => self.add_candidate(event, hash, subject, height),
-            Err(r) if r.code == "future_height" => {
-                let key = (event.subject(hash), event.body.height);
+        let key = (event.subject(hash), event.body.height);
+        match self.admit(event.clone(), hash, None) {
+            Ok(_) => {}
+            Err((r, _)) if r.code == "future_height" => {
                 if self.deferred.len() < MAX_DEFERRED_SLOTS || self.deferred.contains_key(&key) {
                     let list = self.deferred.entry(key).or_default();
                     if list.len() < 16 {
@@ -609,7 +749,9 @@ impl Engine {
                     }
                 }
             }
-            Err(r) => debug!(%hash, code = r.code, "not voting for gossiped event: {}", r.message),
+            Err((r, _)) => {
+                debug!(%hash, code = r.code, "not voting for gossiped event: {}", r.message)
+            }
         }
         Ok(())
     }
