@@ -159,6 +159,12 @@ enum OperatorCmd {
         #[arg(long, env = "HALLMARK_OPERATOR_CONFIG")]
         config: PathBuf,
     },
+    /// Print the address that funds this operator's anchoring wallet.
+    Address {
+        /// The operator's config file (operator.toml).
+        #[arg(long, env = "HALLMARK_OPERATOR_CONFIG")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -310,6 +316,19 @@ async fn run(cli: Cli) -> Result<u8> {
             let cancel = CancellationToken::new();
             cancel_on_signals(cancel.clone())?;
             service::run(loaded, cancel).await.map(|()| 0)
+        }
+        Command::Operator(OperatorCmd::Address { config }) => {
+            let loaded = OperatorConfig::load(&config)?;
+            let network = loaded
+                .config
+                .bitcoin
+                .as_ref()
+                .map_or(Ok(bitcoin::Network::Regtest), |b| b.network())?;
+            println!(
+                "{}",
+                hallmark_wallet::first_address(&loaded.key.secret_bytes(), network)
+            );
+            Ok(0)
         }
         Command::Devnet(DevnetCmd::Init(a)) => {
             let mut opts =
