@@ -102,8 +102,18 @@ impl Api {
             Err(e) => return error(StatusCode::BAD_REQUEST, "malformed_json", e),
         };
         let hash = match event.check(self.federation.id()) {
-            Ok(h) => h,
+            Ok(h) => {
+                metrics::SIGNATURES
+                    .with_label_values(&["author", "valid"])
+                    .inc();
+                h
+            }
             Err(e) => {
+                if e == EventError::BadSignature {
+                    metrics::SIGNATURES
+                        .with_label_values(&["author", "invalid"])
+                        .inc();
+                }
                 metrics::REJECTED
                     .with_label_values(&[event_error_code(&e)])
                     .inc();

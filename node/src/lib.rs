@@ -3,6 +3,7 @@
 
 pub mod anchoring;
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod commands;

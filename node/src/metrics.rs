@@ -29,6 +29,17 @@ metric!(ANCHORS_REORGED: IntCounter = register_int_counter!("hallmark_anchor_reo
 metric!(CHECKPOINTS: IntGauge = register_int_gauge!("hallmark_checkpoints_final", "Final checkpoints"));
 metric!(CHAIN_TIP: IntGauge = register_int_gauge!("hallmark_anchor_chain_tip_height", "Best chain height seen by the anchoring worker"));
 
+metric!(VALIDATION_SECONDS: Histogram = register_histogram!("hallmark_events_validation_seconds", "Time to validate an event against the certified state", vec![0.00001, 0.00003, 0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03]));
+metric!(QUORUM_SECONDS: Histogram = register_histogram!("hallmark_consensus_quorum_seconds", "Submission to certificate, for events submitted to this operator", vec![0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0]));
+metric!(SIGNATURES: IntCounterVec = register_int_counter_vec!("hallmark_signatures_checked_total", "Signatures checked, by kind (author, operator_batch, certificate) and result (valid, invalid)", &["kind", "result"]));
+metric!(PARTICIPATION: IntCounterVec = register_int_counter_vec!("hallmark_consensus_votes_received_total", "Votes received, by operator index", &["operator"]));
+metric!(ROUND_CHANGES: IntCounter = register_int_counter!("hallmark_consensus_round_changes_total", "Slots decided after round 0 (split or stalled votes: quorum failures of round 0)"));
+metric!(SETTLEMENTS: IntCounterVec = register_int_counter_vec!("hallmark_sale_settlements_total", "Sale outcomes certified (settled, expired) and payment checks refused", &["outcome"]));
+metric!(SETTLE_SECONDS: Histogram = register_histogram!("hallmark_sale_settlement_seconds", "Escrow lock to settlement, as seen by this operator", vec![1.0, 5.0, 30.0, 60.0, 300.0, 1800.0, 3600.0, 86400.0]));
+metric!(ANCHOR_DELAY_SECONDS: Histogram = register_histogram!("hallmark_anchor_confirmation_delay_seconds", "Checkpoint final to its anchor seen confirmed", vec![1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 3600.0]));
+metric!(STORE_BYTES: IntGauge = register_int_gauge!("hallmark_store_size_bytes", "RocksDB SST bytes on disk"));
+metric!(LOG_LEN: IntGauge = register_int_gauge!("hallmark_store_log_events", "Certified events in this operator's log"));
+
 /// Registers every metric so all appear from the start.
 pub fn register() {
     LazyLock::force(&CERTIFIED);
@@ -44,6 +55,16 @@ pub fn register() {
     LazyLock::force(&ANCHORS_REORGED);
     LazyLock::force(&CHECKPOINTS);
     LazyLock::force(&CHAIN_TIP);
+    LazyLock::force(&VALIDATION_SECONDS);
+    LazyLock::force(&QUORUM_SECONDS);
+    LazyLock::force(&SIGNATURES);
+    LazyLock::force(&PARTICIPATION);
+    LazyLock::force(&ROUND_CHANGES);
+    LazyLock::force(&SETTLEMENTS);
+    LazyLock::force(&SETTLE_SECONDS);
+    LazyLock::force(&ANCHOR_DELAY_SECONDS);
+    LazyLock::force(&STORE_BYTES);
+    LazyLock::force(&LOG_LEN);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());

@@ -3,12 +3,11 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use bitcoin::{BlockHash, Network};
+use bitcoin::BlockHash;
 use hallmark_node::client::Author;
-use hallmark_node::config::BitcoinConfig;
 use hallmark_protocol::checkpoint::verify_bundle;
 use hallmark_protocol::{EventHash, EventKind, ItemId, ManufacturerId};
-use hallmark_tests::regtest::Bitcoind;
+use hallmark_tests::regtest::{federation_on, Bitcoind};
 use hallmark_tests::{poll_until, Harness};
 use hallmark_wallet::RpcApiExt as _;
 use std::process::Command;
@@ -21,31 +20,17 @@ async fn federation(btc: &Bitcoind) -> Result<Harness> {
 }
 
 async fn federation_with(btc: &Bitcoind, bump_after_secs: u64) -> Result<Harness> {
-    let (user, password) = btc.credentials();
-    let url = btc.rpc.url.clone();
-    let h = Harness::start_with(BIN, 4, 3, |o| {
+    let h = federation_on(BIN, btc, |o| {
+        o.payments = hallmark_node::config::PaymentMode::Mock;
         o.checkpoint_every_events = 4;
         o.checkpoint_every_secs = 1;
         o.anchor_timeout_secs = 4;
-        o.bitcoin = Some(BitcoinConfig {
-            rpc_url: url,
-            rpc_user: Some(user),
-            rpc_password: Some(password),
-            cookie_file: None,
-            network: "regtest".into(),
-            fee_floor_sat_vb: 1,
-            bump_after_secs,
-        });
+        if let Some(b) = &mut o.bitcoin {
+            b.bump_after_secs = bump_after_secs;
+        }
     })
     .await?;
-    // Fund every operator's wallet: one coinbase each, matured by 100 more blocks.
-    for i in 0..4 {
-        let key = h.operator_key(i)?;
-        btc.mine(
-            1,
-            &hallmark_wallet::first_address(&key.secret_bytes(), Network::Regtest),
-        )?;
-    }
+    // Mature the operators' coinbases.
     btc.mine(100, &Bitcoind::burn_address())?;
     Ok(h)
 }

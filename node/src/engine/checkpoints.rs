@@ -138,7 +138,7 @@ impl Engine {
                 missing = missing.len(),
                 "fetching events a checkpoint proposal names"
             );
-            self.fetch_events(missing);
+            self.fetch_events(&missing);
             if self.cp_deferred.len() < MAX_DEFERRED_PROPOSALS {
                 self.cp_deferred.push(p);
             }
@@ -299,6 +299,9 @@ impl Engine {
                 if current.as_ref().map(|r| r.block) != Some(record.block) {
                     if current.is_none() {
                         metrics::ANCHORS_CONFIRMED.inc();
+                        if let Some(t) = self.final_at.get(&number) {
+                            metrics::ANCHOR_DELAY_SECONDS.observe(t.elapsed().as_secs_f64());
+                        }
                     }
                     info!(number, txid = %record.txid, height = record.anchor.height, "checkpoint anchored");
                     self.cfg.store.put_anchor(number, &record)?;

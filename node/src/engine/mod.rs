@@ -209,6 +209,8 @@ pub struct Engine {
     cp_due_since: Option<Instant>,
     payment_checks: HashMap<EventHash, Vec<Reply>>,
     chain_tip: Option<u32>,
+    submitted_at: HashMap<EventHash, Instant>,
+    locked_at: HashMap<hallmark_protocol::ItemId, Instant>,
 }
 
 impl Engine {
@@ -255,6 +257,8 @@ impl Engine {
             cp_due_since: None,
             payment_checks: HashMap::new(),
             chain_tip: None,
+            submitted_at: HashMap::new(),
+            locked_at: HashMap::new(),
         }
         .with_unanchored_checkpoints()
     }
@@ -482,6 +486,7 @@ impl Engine {
         let answer = reply.map(|r| {
             let (tx, rx) = oneshot::channel();
             self.waiters.entry(hash).or_default().push(tx);
+            self.submitted_at.entry(hash).or_insert_with(Instant::now);
             (Submitted::Pending(rx), r)
         });
         self.add_candidate(event, hash, subject, height);
@@ -503,6 +508,7 @@ impl Engine {
                 }
             }
             Err(e) => {
+                metrics::SETTLEMENTS.with_label_values(&["refused"]).inc();
                 debug!(%hash, "not voting for {}: {}", event.body.kind.name(), e.message);
                 for r in replies {
                     metrics::REJECTED.with_label_values(&[e.code]).inc();
@@ -514,6 +520,11 @@ impl Engine {
 
     /// Contextual validation against the certified state. Returns the event's slot.
     fn validate(&self, event: &Event, hash: EventHash) -> Result<(Subject, u64), Rejection> {
+        let _timer = metrics::VALIDATION_SECONDS.start_timer();
+        self.validate_inner(event, hash)
+    }
+
+    fn validate_inner(&self, event: &Event, hash: EventHash) -> Result<(Subject, u64), Rejection> {
         let store = &self.cfg.store;
         let subject = event.subject(hash);
         let height = event.body.height;
@@ -699,6 +710,9 @@ impl Engine {
         let Some(op) = self.cfg.federation.operator_index(&batch.operator()) else {
             return Ok(());
         };
+        metrics::PARTICIPATION
+            .with_label_values(&[&op.to_string()])
+            .inc_by(batch.votes().len() as u64);
         for (event, hash) in events {
             self.consider(event, hash)?;
         }
@@ -869,6 +883,31 @@ impl Engine {
         metrics::CERTIFIED
             .with_label_values(&[ce.event.body.kind.name()])
             .inc();
+        metrics::LOG_LEN.inc();
+        if let Some(t) = self.submitted_at.remove(&hash) {
+            metrics::QUORUM_SECONDS.observe(t.elapsed().as_secs_f64());
+        }
+        if ce.certificate.round > 0 {
+            metrics::ROUND_CHANGES.inc();
+        }
+        if let Subject::Item(item) = subject {
+            match &ce.event.body.kind {
+                EventKind::AcceptOffer { .. } => {
+                    self.locked_at.insert(item, Instant::now());
+                }
+                EventKind::Settle { .. } => {
+                    metrics::SETTLEMENTS.with_label_values(&["settled"]).inc();
+                    if let Some(t) = self.locked_at.remove(&item) {
+                        metrics::SETTLE_SECONDS.observe(t.elapsed().as_secs_f64());
+                    }
+                }
+                EventKind::ExpireEscrow { .. } => {
+                    metrics::SETTLEMENTS.with_label_values(&["expired"]).inc();
+                    self.locked_at.remove(&item);
+                }
+                _ => {}
+            }
+        }
         debug!(%hash, kind = ce.event.body.kind.name(), "certified");
         if let Some(ws) = self.waiters.remove(&hash) {
             for w in ws {
@@ -958,6 +997,7 @@ impl Engine {
             self.early_count = 0;
         }
         metrics::PENDING_SLOTS.set(self.slots.len() as i64);
+        metrics::STORE_BYTES.set(self.cfg.store.size_on_disk() as i64);
     }
 
     fn request_catchup(&mut self, peer: PeerId) {
@@ -970,42 +1010,20 @@ impl Engine {
         let inputs = self.inputs.clone();
         let federation = self.cfg.federation.clone();
         tokio::spawn(async move {
-            let req = encode(&Rpc::LogRange {
+            let rpc = Rpc::LogRange {
                 from,
                 limit: MAX_CATCHUP_EVENTS as u32,
-            });
-            let (log_len, events) = match p2p.request(peer, req).await {
-                Ok(bytes) => match hallmark_protocol::decode::<RpcResponse>(&bytes) {
-                    Ok(r) => {
-                        if r.next_checkpoint > our_next_checkpoint {
-                            fetch_checkpoints(
-                                &p2p,
-                                &inputs,
-                                &federation,
-                                peer,
-                                our_next_checkpoint,
-                            )
+            };
+            let (log_len, events) = match ask(&p2p, &federation, peer, &rpc).await {
+                Some(r) => {
+                    if r.next_checkpoint > our_next_checkpoint {
+                        fetch_checkpoints(&p2p, &inputs, &federation, peer, our_next_checkpoint)
                             .await;
-                        }
-                        // Verify off the event loop: certificates are m signature checks each.
-                        let fed = federation.clone();
-                        let events = tokio::task::spawn_blocking(move || {
-                            r.events
-                                .into_iter()
-                                .filter(|ce| ce.verify(&fed).is_ok())
-                                .collect::<Vec<_>>()
-                        })
-                        .await
-                        .unwrap_or_default();
-                        (r.log_len, events)
                     }
-                    Err(e) => {
-                        warn!(%peer, "bad catch-up response: {e}");
-                        (0, Vec::new())
-                    }
-                },
-                Err(e) => {
-                    debug!(%peer, "catch-up request: {e}");
+                    (r.log_len, r.events)
+                }
+                None => {
+                    debug!(%peer, "catch-up request failed");
                     (0, Vec::new())
                 }
             };
@@ -1021,14 +1039,27 @@ impl Engine {
     }
 
     /// Asks a connected peer for certified events by hash (fed back as gossip once verified).
-    fn fetch_events(&mut self, hashes: Vec<EventHash>) {
-        let Some(peer) = self
-            .cfg
+    fn fetch_events(&mut self, hashes: &[EventHash]) {
+        for chunk in hashes.chunks(MAX_CATCHUP_EVENTS) {
+            self.spawn_fetch(Rpc::Events {
+                hashes: chunk.to_vec(),
+            });
+        }
+    }
+
+    /// A connected member, if any.
+    fn connected_peer(&self) -> Option<PeerId> {
+        self.cfg
             .peer_ids
             .iter()
             .find(|p| self.peers.contains(p))
             .copied()
-        else {
+    }
+
+    /// Sends `rpc` to a connected peer and feeds the verified certified events it returns back
+    /// to the loop.
+    fn spawn_fetch(&self, rpc: Rpc) {
+        let Some(peer) = self.connected_peer() else {
             return;
         };
         let (p2p, inputs, federation) = (
@@ -1037,27 +1068,9 @@ impl Engine {
             self.cfg.federation.clone(),
         );
         tokio::spawn(async move {
-            for chunk in hashes.chunks(MAX_CATCHUP_EVENTS) {
-                let req = encode(&Rpc::Events {
-                    hashes: chunk.to_vec(),
-                });
-                let Ok(bytes) = p2p.request(peer, req).await else {
-                    return;
-                };
-                let Ok(r) = hallmark_protocol::decode::<RpcResponse>(&bytes) else {
-                    return;
-                };
-                let fed = federation.clone();
-                let events = tokio::task::spawn_blocking(move || {
-                    r.events
-                        .into_iter()
-                        .filter(|ce| ce.verify(&fed).is_ok())
-                        .collect::<Vec<_>>()
-                })
-                .await
-                .unwrap_or_default();
+            if let Some(r) = ask(&p2p, &federation, peer, &rpc).await {
                 let _ = inputs
-                    .send(Input::Gossip(Verified::Certified(events)))
+                    .send(Input::Gossip(Verified::Certified(r.events)))
                     .await;
             }
         });
@@ -1074,47 +1087,14 @@ impl Engine {
         {
             return;
         }
-        let Some(peer) = self
-            .cfg
-            .peer_ids
-            .iter()
-            .find(|p| self.peers.contains(p))
-            .copied()
-        else {
-            return;
-        };
         if self.chain_fetches.len() > MAX_DEFERRED_SLOTS {
             self.chain_fetches
                 .retain(|_, t| now.duration_since(*t) < CHAIN_FETCH_EVERY);
         }
         self.chain_fetches.insert(subject, now);
-        let (p2p, inputs, federation) = (
-            self.cfg.p2p.clone(),
-            self.inputs.clone(),
-            self.cfg.federation.clone(),
-        );
-        tokio::spawn(async move {
-            let req = encode(&Rpc::Chain {
-                subject,
-                from_height,
-            });
-            let Ok(bytes) = p2p.request(peer, req).await else {
-                return;
-            };
-            let Ok(r) = hallmark_protocol::decode::<RpcResponse>(&bytes) else {
-                return;
-            };
-            let events = tokio::task::spawn_blocking(move || {
-                r.events
-                    .into_iter()
-                    .filter(|ce| ce.verify(&federation).is_ok())
-                    .collect::<Vec<_>>()
-            })
-            .await
-            .unwrap_or_default();
-            let _ = inputs
-                .send(Input::Gossip(Verified::Certified(events)))
-                .await;
+        self.spawn_fetch(Rpc::Chain {
+            subject,
+            from_height,
         });
     }
 
@@ -1203,10 +1183,7 @@ async fn fetch_checkpoints(
     peer: PeerId,
     from: u64,
 ) {
-    let Ok(bytes) = p2p.request(peer, encode(&Rpc::Checkpoints { from })).await else {
-        return;
-    };
-    let Ok(r) = hallmark_protocol::decode::<RpcResponse>(&bytes) else {
+    let Some(r) = ask(p2p, federation, peer, &Rpc::Checkpoints { from }).await else {
         return;
     };
     let list: Vec<FinalCheckpoint> = r
@@ -1219,6 +1196,28 @@ async fn fetch_checkpoints(
             .send(Input::Gossip(Verified::Checkpoints(list)))
             .await;
     }
+}
+
+/// Sends `rpc` to `peer`; returns its response with the certified events verified off the
+/// event loop (a certificate is `m` signature checks) and unverifiable ones dropped.
+async fn ask(
+    p2p: &P2pHandle,
+    federation: &Federation,
+    peer: PeerId,
+    rpc: &Rpc,
+) -> Option<RpcResponse> {
+    let bytes = p2p.request(peer, encode(rpc)).await.ok()?;
+    let mut r = hallmark_protocol::decode::<RpcResponse>(&bytes).ok()?;
+    let (events, fed) = (std::mem::take(&mut r.events), federation.clone());
+    r.events = tokio::task::spawn_blocking(move || {
+        events
+            .into_iter()
+            .filter(|ce| ce.verify(&fed).is_ok())
+            .collect()
+    })
+    .await
+    .unwrap_or_default();
+    Some(r)
 }
 
 /// Answers a catch-up request from the store (called off the event loop).
@@ -1275,7 +1274,18 @@ pub fn verify_gossip(federation: &Federation, data: &[u8]) -> Result<Verified, S
             batch,
             ..
         } => {
-            let batch = batch.verify(federation).map_err(|e| e.to_string())?;
+            let batch = batch.verify(federation).map_err(|e| {
+                metrics::SIGNATURES
+                    .with_label_values(&["operator_batch", "invalid"])
+                    .inc();
+                e.to_string()
+            })?;
+            metrics::SIGNATURES
+                .with_label_values(&["operator_batch", "valid"])
+                .inc();
+            metrics::SIGNATURES
+                .with_label_values(&["author", "valid"])
+                .inc_by(events.len() as u64);
             let events = events
                 .into_iter()
                 .map(|e| e.check(federation.id()).map(|h| (e, h)))

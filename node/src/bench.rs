@@ -1,0 +1,335 @@
+//! `hallmark bench`: a load generator. It starts a local federation as separate processes on
+//! loopback, drives it with many concurrent clients submitting valid signed events (mints, then
+//! transfers, over many items), and reports certified events/s, submission-to-certificate
+//! latency, CPU and RSS per operator, bytes on disk per event, and — measured in the same run —
+//! the cost of one secp256k1 verification with the throughput bound it implies.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use hallmark_protocol::{EventHash, EventKind, ItemId, ManufacturerId};
+use serde_json::json;
+use tokio::sync::Mutex;
+
+use crate::client::{Author, Client};
+use crate::config::{FederationFile, PaymentMode};
+use crate::devnet::{self, InitOptions, Ports};
+use crate::keyfile;
+
+/// `bench` options.
+#[derive(Args, Debug, Clone)]
+pub struct BenchOpts {
+    /// Operators.
+    #[arg(long, default_value_t = 4)]
+    pub operators: u32,
+    /// Quorum threshold.
+    #[arg(long, default_value_t = 3)]
+    pub quorum: u32,
+    /// Measured seconds (after a short warm-up).
+    #[arg(long, default_value_t = 60)]
+    pub duration: u64,
+    /// Concurrent clients (each owns its items; every submission waits for its certificate).
+    #[arg(long, default_value_t = 64)]
+    pub clients: usize,
+    /// Transfers per item before a client mints a new one.
+    #[arg(long, default_value_t = 9)]
+    pub transfers: usize,
+    /// Offered rate in events/s across all clients (default: as fast as the clients go).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// First port of the benchmark federation.
+    #[arg(long, default_value_t = 28100)]
+    pub base_port: u16,
+}
+
+fn proc_stat(pid: u32) -> Option<(f64, u64)> {
+    // utime + stime in clock ticks (fields 14 and 15), and VmRSS in kB.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(") ")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some((ticks / 100.0, rss))
+}
+
+fn dir_size(p: &std::path::Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(p) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Time of one secp256k1 ECDSA verification, in seconds (median of runs of 2000).
+fn verify_cost() -> f64 {
+    let k = keyfile::generate();
+    let d = [7u8; 32];
+    let sig = k.sign(&d);
+    let pk = k.public_key();
+    let mut runs: Vec<f64> = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..2000 {
+                pk.verify(&d, &sig).expect("valid");
+            }
+            t.elapsed().as_secs_f64() / 2000.0
+        })
+        .collect();
+    runs.sort_by(f64::total_cmp);
+    runs[2]
+}
+
+/// Runs the benchmark.
+pub async fn run(o: &BenchOpts) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut init = InitOptions::new(o.operators, o.quorum, Ports::Base(o.base_port));
+    init.payments = PaymentMode::Mock;
+    devnet::init(dir.path(), &init)?;
+    let (federation, peers) = FederationFile::load(&dir.path().join("federation.toml"))?;
+    let exe = std::env::current_exe()?;
+    let mut procs = Vec::new();
+    for i in 0..o.operators as usize {
+        procs.push(devnet::spawn_operator(&exe, dir.path(), i)?);
+    }
+    let result = drive(o, &federation, &peers, &procs, dir.path()).await;
+    for p in &mut procs {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = p.wait();
+    }
+    result
+}
+
+async fn drive(
+    o: &BenchOpts,
+    federation: &hallmark_protocol::Federation,
+    peers: &[crate::config::Peer],
+    procs: &[std::process::Child],
+    dir: &std::path::Path,
+) -> Result<()> {
+    let clients: Vec<Client> = peers
+        .iter()
+        .map(|p| Client::new(&p.http, Duration::from_secs(30)))
+        .collect();
+    let n = peers.len() as i64;
+    for c in &clients {
+        for _ in 0..300 {
+            if c.info()
+                .await
+                .ok()
+                .and_then(|v| v["peers_connected"].as_i64())
+                == Some(n - 1)
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let maker = Author::new(federation.id(), keyfile::generate());
+    clients[0]
+        .submit(
+            &maker.event(
+                0,
+                EventHash::ZERO,
+                EventKind::RegisterManufacturer {
+                    name: "Bench".into(),
+                },
+            ),
+            Duration::from_secs(10),
+        )
+        .await?
+        .certified()
+        .context("registering the benchmark manufacturer")?;
+    let verify = verify_cost();
+    eprintln!("bench: federation up ({}-of-{}); one secp256k1 verify = {:.1} us; driving {} clients for {} s{}", o.quorum, o.operators, verify * 1e6, o.clients, o.duration,
+        o.rate.map(|r| format!(" at {r} ev/s offered")).unwrap_or_default());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let measuring = Arc::new(AtomicBool::new(false));
+    let latencies: Arc<Mutex<Vec<f64>>> = Arc::default();
+    let failures = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // Fixed offered rate: a shared ticket dispenser.
+    let interval = o
+        .rate
+        .map(|r| Duration::from_secs_f64(o.clients as f64 / r));
+    let mut tasks = Vec::new();
+    for w in 0..o.clients {
+        let (client, maker, stop, measuring, latencies, failures) = (
+            clients[w % clients.len()].clone(),
+            maker.clone(),
+            stop.clone(),
+            measuring.clone(),
+            latencies.clone(),
+            failures.clone(),
+        );
+        let fed = federation.id();
+        let transfers = o.transfers;
+        tasks.push(tokio::spawn(async move {
+            let owners: Vec<Author> = (0..2)
+                .map(|_| Author::new(fed, keyfile::generate()))
+                .collect();
+            let mut k = 0u64;
+            let mut next_at = Instant::now();
+            'items: while !stop.load(Ordering::Relaxed) {
+                let serial = format!("W{w}-{k}");
+                k += 1;
+                let item = ItemId::new(&ManufacturerId::of(&maker.key.public_key()), &serial);
+                let mut ev = maker.event(
+                    0,
+                    EventHash::ZERO,
+                    EventKind::Mint {
+                        serial,
+                        product: "P".into(),
+                        owner: owners[0].key.public_key(),
+                    },
+                );
+                let (mut height, mut prev) = (0u64, EventHash::ZERO);
+                for t in 0..=transfers {
+                    if stop.load(Ordering::Relaxed) {
+                        break 'items;
+                    }
+                    if t > 0 {
+                        let (from, to) = (&owners[(t - 1) % 2], &owners[t % 2]);
+                        ev = from.event(
+                            height + 1,
+                            prev,
+                            EventKind::Transfer {
+                                item,
+                                to: to.key.public_key(),
+                            },
+                        );
+                    }
+                    if let Some(iv) = interval {
+                        let now = Instant::now();
+                        if next_at > now {
+                            tokio::time::sleep(next_at - now).await;
+                        }
+                        next_at += iv;
+                    }
+                    let started = Instant::now();
+                    match client
+                        .submit(&ev, Duration::from_secs(10))
+                        .await
+                        .map(|o| o.certified())
+                    {
+                        Ok(Ok(ce)) => {
+                            if measuring.load(Ordering::Relaxed) {
+                                latencies.lock().await.push(started.elapsed().as_secs_f64());
+                            }
+                            height = ce.event.body.height;
+                            prev = ce.certificate.event;
+                        }
+                        _ => {
+                            failures.fetch_add(1, Ordering::Relaxed);
+                            continue 'items;
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    // Warm up, then measure.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let cpu0: Vec<Option<(f64, u64)>> = procs.iter().map(|p| proc_stat(p.id())).collect();
+    let log0 = clients[0].info().await?["log_len"].as_u64().unwrap_or(0);
+    measuring.store(true, Ordering::Relaxed);
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(o.duration)).await;
+    measuring.store(false, Ordering::Relaxed);
+    let elapsed = t0.elapsed().as_secs_f64();
+    let cpu1: Vec<Option<(f64, u64)>> = procs.iter().map(|p| proc_stat(p.id())).collect();
+    let log1 = clients[0].info().await?["log_len"].as_u64().unwrap_or(0);
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let mut lat = latencies.lock().await.clone();
+    lat.sort_by(f64::total_cmp);
+    let acked = lat.len() as f64 / elapsed;
+    let certified = (log1 - log0) as f64 / elapsed;
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as f64;
+    let bound = cores / (f64::from(o.operators) * verify);
+    let disk: u64 = (0..peers.len())
+        .map(|i| dir_size(&dir.join(format!("op{i}")).join("data")))
+        .sum();
+    let per_op: Vec<serde_json::Value> = cpu0
+        .iter()
+        .zip(&cpu1)
+        .enumerate()
+        .map(|(i, (a, b))| {
+            let cpu = match (a, b) {
+                (Some((c0, _)), Some((c1, _))) => (c1 - c0) / elapsed * 100.0,
+                _ => f64::NAN,
+            };
+            json!({"operator": i, "cpu_percent": cpu, "rss_mb": b.map(|(_, r)| r as f64 / 1024.0)})
+        })
+        .collect();
+    let results = json!({
+        "operators": o.operators, "quorum": o.quorum, "clients": o.clients, "duration_s": elapsed,
+        "offered_rate": o.rate,
+        "certified_events_per_s": certified,
+        "acknowledged_events_per_s": acked,
+        "latency_ms": {"p50": percentile(&lat, 0.5) * 1e3, "p90": percentile(&lat, 0.9) * 1e3, "p99": percentile(&lat, 0.99) * 1e3, "max": lat.last().copied().unwrap_or(f64::NAN) * 1e3},
+        "failed_submissions": failures.load(Ordering::Relaxed),
+        "secp256k1_verify_us": verify * 1e6,
+        "signature_bound_events_per_s": bound,
+        "fraction_of_bound": certified / bound,
+        "bytes_on_disk_per_event": disk as f64 / (log1.max(1) as f64 * f64::from(o.operators)),
+        "per_operator": per_op,
+        "machine": {"cores": cores},
+    });
+    println!("certified events/s (sustained over {elapsed:.0} s): {certified:.0}  (acknowledged to clients: {acked:.0}/s)");
+    println!(
+        "latency submission->certificate: p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+        percentile(&lat, 0.5) * 1e3,
+        percentile(&lat, 0.9) * 1e3,
+        percentile(&lat, 0.99) * 1e3,
+        lat.last().copied().unwrap_or(f64::NAN) * 1e3
+    );
+    for p in &per_op {
+        println!(
+            "operator {}: CPU {:.0}%  RSS {:.0} MB",
+            p["operator"],
+            p["cpu_percent"].as_f64().unwrap_or(f64::NAN),
+            p["rss_mb"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
+    println!(
+        "bytes on disk per event per operator: {:.0}",
+        results["bytes_on_disk_per_event"].as_f64().unwrap_or(0.0)
+    );
+    println!("secp256k1 verify: {:.1} us -> signature bound {} cores / ({} operators x verify) = {bound:.0} ev/s; reached {:.0}%", verify * 1e6, cores, o.operators, certified / bound * 100.0);
+    if let Some(p) = &o.out {
+        std::fs::write(p, serde_json::to_string_pretty(&results)?)?;
+        eprintln!("bench: results written to {}", p.display());
+    }
+    Ok(())
+}
