@@ -153,7 +153,7 @@ pub async fn start(
             while let Some(ev) = p2p_events.recv().await {
                 match ev {
                     P2pEvent::Gossip { id, source, data } => {
-                        let verified = engine::verify_gossip(&federation, &data);
+                        let verified = engine::verify_gossip(&federation, &store, &data);
                         let accept = verified.is_ok();
                         if let Err(e) = &verified {
                             warn!(%source, "rejected gossip: {e}");

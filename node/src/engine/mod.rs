@@ -118,7 +118,9 @@ pub enum Input {
         from: u64,
         /// The peer's log length.
         log_len: u64,
-        /// Events.
+        /// Log entries the peer returned (some may have been dropped as already held).
+        returned: u64,
+        /// Events not held here yet, verified.
         events: Vec<CertifiedEvent>,
     },
     /// A member connected or disconnected.
@@ -188,8 +190,8 @@ pub struct Engine {
     waiters: HashMap<EventHash, Vec<oneshot::Sender<CertifiedEvent>>>,
     out_votes: Vec<Vote>,
     out_events: Vec<Event>,
-    announced: HashSet<EventHash>,
     out_certs: Vec<CertifiedEvent>,
+    announced: HashSet<EventHash>,
     dirty: HashSet<(Subject, u64)>,
     peers: HashSet<PeerId>,
     cursors: HashMap<PeerId, u64>,
@@ -236,8 +238,8 @@ impl Engine {
             waiters: HashMap::new(),
             out_votes: Vec::new(),
             out_events: Vec::new(),
-            announced: HashSet::new(),
             out_certs: Vec::new(),
+            announced: HashSet::new(),
             dirty: HashSet::new(),
             peers: HashSet::new(),
             cursors: HashMap::new(),
@@ -349,10 +351,10 @@ impl Engine {
                 peer,
                 from,
                 log_len,
+                returned: n,
                 events,
             } => {
                 self.catching_up.remove(&peer);
-                let n = events.len() as u64;
                 let r = events.into_iter().try_for_each(|ce| self.on_certified(ce));
                 let cursor = self.cursors.entry(peer).or_insert(0);
                 if *cursor == from {
@@ -657,7 +659,12 @@ impl Engine {
         for a in actions {
             match a {
                 Action::Vote(v) => {
-                    if v.phase == Phase::Prevote && self.announced.insert(v.event) {
+                    // The event travels with the first prevote of the operator a client gave it
+                    // to (others got it from that one); in later rounds everyone re-sends it.
+                    let ours = self.waiters.contains_key(&v.event)
+                        || v.round > 0
+                        || self.cp_candidates.contains_key(&v.event);
+                    if v.phase == Phase::Prevote && ours && self.announced.insert(v.event) {
                         if let Some((e, _, _)) = self.candidates.get(&v.event) {
                             self.out_events.push(e.clone());
                         } else if let Some(p) = self.cp_candidates.get(&v.event) {
@@ -790,7 +797,11 @@ impl Engine {
             event: ev.clone(),
             certificate,
         };
-        self.out_certs.push(ce.clone());
+        // Every operator assembles certificates from the commit votes it sees; the one a client
+        // submitted the event to also gossips it, for operators that missed votes.
+        if self.waiters.contains_key(&event) {
+            self.out_certs.push(ce.clone());
+        }
         self.on_certified(ce)
     }
 
@@ -1006,6 +1017,7 @@ impl Engine {
         }
         let from = *self.cursors.entry(peer).or_insert(0);
         let our_next_checkpoint = self.cfg.store.next_checkpoint().unwrap_or(0);
+        let store = self.cfg.store.clone();
         let p2p = self.cfg.p2p.clone();
         let inputs = self.inputs.clone();
         let federation = self.cfg.federation.clone();
@@ -1014,17 +1026,25 @@ impl Engine {
                 from,
                 limit: MAX_CATCHUP_EVENTS as u32,
             };
-            let (log_len, events) = match ask(&p2p, &federation, peer, &rpc).await {
-                Some(r) => {
+            let (log_len, returned, events) = match ask(&p2p, &federation, &store, peer, &rpc).await
+            {
+                Some((r, returned)) => {
                     if r.next_checkpoint > our_next_checkpoint {
-                        fetch_checkpoints(&p2p, &inputs, &federation, peer, our_next_checkpoint)
-                            .await;
+                        fetch_checkpoints(
+                            &p2p,
+                            &inputs,
+                            &federation,
+                            &store,
+                            peer,
+                            our_next_checkpoint,
+                        )
+                        .await;
                     }
-                    (r.log_len, r.events)
+                    (r.log_len, returned, r.events)
                 }
                 None => {
                     debug!(%peer, "catch-up request failed");
-                    (0, Vec::new())
+                    (0, 0, Vec::new())
                 }
             };
             let _ = inputs
@@ -1032,6 +1052,7 @@ impl Engine {
                     peer,
                     from,
                     log_len,
+                    returned,
                     events,
                 })
                 .await;
@@ -1067,8 +1088,9 @@ impl Engine {
             self.inputs.clone(),
             self.cfg.federation.clone(),
         );
+        let store = self.cfg.store.clone();
         tokio::spawn(async move {
-            if let Some(r) = ask(&p2p, &federation, peer, &rpc).await {
+            if let Some((r, _)) = ask(&p2p, &federation, &store, peer, &rpc).await {
                 let _ = inputs
                     .send(Input::Gossip(Verified::Certified(r.events)))
                     .await;
@@ -1155,20 +1177,20 @@ impl Engine {
                 }
             }
         }
-        if !self.out_final.is_empty() {
-            let list = std::mem::take(&mut self.out_final);
-            let _ = self
-                .cfg
-                .p2p
-                .send(Command::Publish(encode(&Gossip::Checkpoints(list))))
-                .await;
-        }
         if !self.out_certs.is_empty() {
             let certs = std::mem::take(&mut self.out_certs);
             let _ = self
                 .cfg
                 .p2p
                 .send(Command::Publish(encode(&Gossip::Certified(certs))))
+                .await;
+        }
+        if !self.out_final.is_empty() {
+            let list = std::mem::take(&mut self.out_final);
+            let _ = self
+                .cfg
+                .p2p
+                .send(Command::Publish(encode(&Gossip::Checkpoints(list))))
                 .await;
         }
         Ok(())
@@ -1180,10 +1202,11 @@ async fn fetch_checkpoints(
     p2p: &P2pHandle,
     inputs: &mpsc::Sender<Input>,
     federation: &Federation,
+    store: &Store,
     peer: PeerId,
     from: u64,
 ) {
-    let Some(r) = ask(p2p, federation, peer, &Rpc::Checkpoints { from }).await else {
+    let Some((r, _)) = ask(p2p, federation, store, peer, &Rpc::Checkpoints { from }).await else {
         return;
     };
     let list: Vec<FinalCheckpoint> = r
@@ -1198,26 +1221,39 @@ async fn fetch_checkpoints(
     }
 }
 
-/// Sends `rpc` to `peer`; returns its response with the certified events verified off the
-/// event loop (a certificate is `m` signature checks) and unverifiable ones dropped.
+/// Sends `rpc` to `peer`; returns its response with the certified events this operator does not
+/// hold yet, verified off the event loop (a certificate is `m` signature checks; unverifiable
+/// ones are dropped), and how many events the peer returned.
 async fn ask(
     p2p: &P2pHandle,
     federation: &Federation,
+    store: &Store,
     peer: PeerId,
     rpc: &Rpc,
-) -> Option<RpcResponse> {
+) -> Option<(RpcResponse, u64)> {
     let bytes = p2p.request(peer, encode(rpc)).await.ok()?;
     let mut r = hallmark_protocol::decode::<RpcResponse>(&bytes).ok()?;
-    let (events, fed) = (std::mem::take(&mut r.events), federation.clone());
+    let returned = r.events.len() as u64;
+    let (events, fed, store) = (
+        std::mem::take(&mut r.events),
+        federation.clone(),
+        store.clone(),
+    );
     r.events = tokio::task::spawn_blocking(move || {
         events
             .into_iter()
-            .filter(|ce| ce.verify(&fed).is_ok())
+            .filter(|ce| !holds(&store, ce) && ce.verify(&fed).is_ok())
             .collect()
     })
     .await
     .unwrap_or_default();
-    Some(r)
+    Some((r, returned))
+}
+
+/// Whether this operator already holds `ce`'s event certified (then its certificate need not be
+/// checked again: certificate checks are the bulk of an operator's CPU).
+fn holds(store: &Store, ce: &CertifiedEvent) -> bool {
+    matches!(store.certificate(&ce.certificate.event), Ok(Some(_)))
 }
 
 /// Answers a catch-up request from the store (called off the event loop).
@@ -1266,7 +1302,11 @@ pub fn serve_rpc(store: &Store, request: &[u8]) -> Vec<u8> {
 }
 
 /// Decodes and verifies a gossip payload (signatures: run off the event loop).
-pub fn verify_gossip(federation: &Federation, data: &[u8]) -> Result<Verified, String> {
+pub fn verify_gossip(
+    federation: &Federation,
+    store: &Store,
+    data: &[u8],
+) -> Result<Verified, String> {
     match hallmark_protocol::decode::<Gossip>(data).map_err(|e| e.to_string())? {
         Gossip::Votes {
             events,
@@ -1298,6 +1338,8 @@ pub fn verify_gossip(federation: &Federation, data: &[u8]) -> Result<Verified, S
             })
         }
         Gossip::Certified(list) => {
+            let list: Vec<CertifiedEvent> =
+                list.into_iter().filter(|ce| !holds(store, ce)).collect();
             for ce in &list {
                 ce.verify(federation).map_err(|e| e.to_string())?;
             }
