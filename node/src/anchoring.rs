@@ -245,6 +245,9 @@ impl Worker {
         use hallmark_wallet::RpcApiExt as _;
         let rpc = self.wallet.as_ref().expect("opened").rpc();
         let tip = rpc.block_count()? as u32;
+        // The height first: sale deadlines are checked against it, and the walk below can take
+        // a while after a burst of blocks.
+        self.report(ChainEvent::Tip(tip));
         // Reorg: drop remembered blocks that are no longer in the best chain.
         while let Some((&h, (hash, _))) = self.seen.iter().next_back() {
             if h <= tip && rpc.block_hash(h.into())? == *hash {
@@ -291,7 +294,6 @@ impl Worker {
         while self.seen.len() > KEEP_BLOCKS as usize {
             self.seen.pop_first();
         }
-        self.report(ChainEvent::Tip(tip));
         Ok(())
     }
 }
