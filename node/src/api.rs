@@ -26,7 +26,8 @@ pub const MAX_BODY_BYTES: u64 = 64 * 1024;
 pub const DEFAULT_WAIT_MS: u64 = 5_000;
 const MAX_WAIT_MS: u64 = 30_000;
 /// Route prefixes used as metric labels (anything else is "other": bounded cardinality).
-const ROUTES: [&str; 8] = [
+const ROUTES: [&str; 9] = [
+    "/scan",
     "/v1/events",
     "/v1/items",
     "/v1/manufacturers",
@@ -352,7 +353,22 @@ impl Api {
             );
         };
         match Self::proof_bundle(&self.store, &id) {
-            Ok(Some(b)) => ok(&b),
+            Ok(Some(b)) => {
+                // The bundle, plus each anchor's txid, block and height decoded for clients that
+                // do not parse Bitcoin transactions (the scan page); `verify-proof` re-derives
+                // them from the raw bytes.
+                let mut v = json!(b);
+                for (i, e) in b.events.iter().enumerate() {
+                    v["events"][i]["anchor_facts"] = match &e.anchored {
+                        Some(a) => a
+                            .anchor
+                            .verify(&a.checkpoint.checkpoint.hash())
+                            .map_or(json!(null), |f| json!(f)),
+                        None => json!(null),
+                    };
+                }
+                ok(&v)
+            }
             Ok(None) => error(StatusCode::NOT_FOUND, "not_found", format!("no item {id}")),
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e),
         }
@@ -499,11 +515,13 @@ pub fn routes(api: Api) -> warp::filters::BoxedFilter<(Response,)> {
         .unify()
         .or(health)
         .unify()
+        .or(crate::scanpage::routes())
+        .unify()
         .recover(recover)
         .unify();
     warp::path::full()
         .and(inner)
-        .map(|path: warp::path::FullPath, r: Response| {
+        .map(|path: warp::path::FullPath, mut r: Response| {
             // Label by the route's first two segments (never by ids: bounded cardinality).
             let route: String = path
                 .as_str()
@@ -513,9 +531,15 @@ pub fn routes(api: Api) -> warp::filters::BoxedFilter<(Response,)> {
                 .join("/");
             let route = ROUTES
                 .iter()
-                .find(|r| **r == route)
+                .find(|r| route == **r || route.starts_with(&format!("{r}/")))
                 .copied()
                 .unwrap_or("other");
+            // Everything here is public and read-only for browsers (submissions are signed):
+            // the scan page served by one operator reads the APIs of the others.
+            r.headers_mut().insert(
+                warp::http::header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                warp::http::HeaderValue::from_static("*"),
+            );
             metrics::HTTP_REQUESTS
                 .with_label_values(&[route, r.status().as_str()])
                 .inc();

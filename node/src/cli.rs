@@ -71,6 +71,24 @@ enum Command {
         /// Item id or hallmark:<item>@<federation> URI (what the tag carries).
         item: String,
     },
+    /// Printable QR labels (SVG and PNG) encoding items' scan URLs, for one item or a batch.
+    ///
+    /// Each item is scanned first; if any is not AUTHENTIC nothing is written. The QR code
+    /// encodes <base-url>/scan/?item=<id>&federation=<federation-id>: the scan page of an
+    /// operator, which verifies the item in the browser against several operators.
+    Label {
+        /// Item ids or hallmark: URIs.
+        items: Vec<String>,
+        /// Serial numbers of items minted by your key (the manufacturer), repeatable.
+        #[arg(long = "serial")]
+        serials: Vec<String>,
+        /// Directory for the label files (<serial>_<id>.svg and .png).
+        #[arg(long, default_value = "labels")]
+        out_dir: PathBuf,
+        /// Base URL of the scan page (default: the first operator's API in the federation file).
+        #[arg(long)]
+        base_url: Option<String>,
+    },
     /// Your BDK wallet (regtest; persisted next to your key file).
     Wallet {
         #[command(subcommand)]
@@ -273,6 +291,21 @@ async fn run(cli: Cli) -> Result<u8> {
             .map(|()| 0),
         Command::History { item } => commands::history(&Ctx::load(&opts)?, &item).await,
         Command::Scan { item } => commands::scan(&Ctx::load(&opts)?, &item).await,
+        Command::Label {
+            items,
+            serials,
+            out_dir,
+            base_url,
+        } => {
+            crate::label::label(
+                &Ctx::load(&opts)?,
+                &items,
+                &serials,
+                &out_dir,
+                base_url.as_deref(),
+            )
+            .await
+        }
         Command::Wallet { cmd, bitcoin } => {
             crate::sales::wallet(&Ctx::load(&opts)?, &cmd, &opts.key, &bitcoin)
         }

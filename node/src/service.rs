@@ -190,6 +190,13 @@ pub async fn start(
         "peer_id": p2p.local_peer_id().to_string(),
         "federation_id": federation.id(),
         "federation": federation.params(),
+        // Where every member's API is: the scan page asks several of them at once.
+        "members": peers.iter().map(|p| json!({
+            "index": p.index,
+            "key": federation.operator(p.index).map(|o| o.key),
+            "operator_id": federation.operator_ids().get(p.index),
+            "http": p.http,
+        })).collect::<Vec<_>>(),
         "version": env!("CARGO_PKG_VERSION"),
     });
     let api = Api {

@@ -10,7 +10,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use hallmark_protocol::checkpoint::{Anchor, CertifiedCheckpoint, CheckpointHash};
+pub use hallmark_protocol::checkpoint::FinalCheckpoint;
+use hallmark_protocol::checkpoint::{Anchor, CheckpointHash};
 use hallmark_protocol::consensus::OwnVotes;
 use hallmark_protocol::{
     decode, encode, Certificate, CertifiedEvent, Event, EventHash, ItemId, ItemState,
@@ -103,15 +104,6 @@ const META_SCHEMA: &[u8] = b"schema_version";
 const META_LOG_LEN: &[u8] = b"log_len";
 const META_NEXT_CHECKPOINT: &[u8] = b"next_checkpoint";
 const WALLET_KEY: &[u8] = b"changeset";
-
-/// A final checkpoint with the events it covers (ascending).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct FinalCheckpoint {
-    /// The checkpoint and its certificate.
-    pub certified: CertifiedCheckpoint,
-    /// The covered event hashes, ascending.
-    pub events: Vec<EventHash>,
-}
 
 /// A checkpoint's Bitcoin anchor as this operator saw it confirmed.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -412,5 +412,14 @@ mod hex_bytes {
     }
 }
 
+/// A final checkpoint with the events it covers (ascending).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FinalCheckpoint {
+    /// The checkpoint and its certificate.
+    pub certified: CertifiedCheckpoint,
+    /// The covered event hashes, ascending.
+    pub events: Vec<EventHash>,
+}
+
 #[cfg(test)]
 mod tests;

@@ -11,6 +11,7 @@
 //! - [`consensus`]: two-phase agreement with rounds and locks on one (subject, height).
 //! - [`verify`]: the zero-trust verification a scanning client runs.
 //! - [`checkpoint`]: checkpoints, Bitcoin anchors and offline proof bundles.
+//! - [`wire`]: what operators send each other (gossip and catch-up messages).
 
 pub mod bytes;
 pub mod certificate;
@@ -28,6 +29,7 @@ pub mod sale;
 pub mod state;
 pub mod testkit;
 pub mod verify;
+pub mod wire;
 
 #[cfg(test)]
 mod test_util {

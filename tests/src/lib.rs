@@ -127,6 +127,41 @@ impl Harness {
         Author::new(self.federation.id(), key)
     }
 
+    /// Runs the `hallmark` CLI (`--json`, this federation's file, key file `key`, extra
+    /// environment `env`); returns its exit code, the JSON it printed (or null) and its text.
+    pub fn cli(
+        &self,
+        key: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<(i32, serde_json::Value, String)> {
+        let out = std::process::Command::new(&self.exe)
+            .args(args)
+            .arg("--json")
+            .arg("--federation")
+            .arg(self.path().join("federation.toml"))
+            .arg("--key")
+            .arg(key)
+            .envs(env.iter().copied())
+            .output()?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        Ok((out.status.code().unwrap_or(-1), json, text))
+    }
+
+    /// Like [`Harness::cli`], failing unless the command succeeds; returns its JSON.
+    pub fn cli_ok(&self, key: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<serde_json::Value> {
+        let (code, json, text) = self.cli(key, args, env)?;
+        if code != 0 {
+            bail!("hallmark {args:?} failed ({code}): {text}");
+        }
+        Ok(json)
+    }
+
     /// Operator `i`'s directory.
     pub fn operator_dir(&self, i: usize) -> PathBuf {
         self.dir.path().join(format!("op{i}"))

@@ -1,7 +1,6 @@
 //! BTC sales settled on a real regtest bitcoind, through the CLI as buyers and sellers run it.
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -28,27 +27,18 @@ impl Sale<'_> {
         self.dir.path().join(format!("{name}.key"))
     }
 
-    /// Runs the CLI as `who`; returns the exit code and the JSON it printed (or its text).
+    /// Runs the CLI as `who` (with the bitcoind RPC in its environment).
     fn cli(&self, who: &str, args: &[&str]) -> Result<(i32, Value, String)> {
         let (user, pass) = self.btc.credentials();
-        let mut cmd = Command::new(BIN);
-        cmd.args(args)
-            .arg("--json")
-            .arg("--federation")
-            .arg(self.h.path().join("federation.toml"))
-            .arg("--key")
-            .arg(self.key(who))
-            .env("HALLMARK_BITCOIN_RPC", &self.btc.rpc.url)
-            .env("HALLMARK_BITCOIN_RPC_USER", user)
-            .env("HALLMARK_BITCOIN_RPC_PASSWORD", pass);
-        let out = cmd.output()?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let json = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        Ok((out.status.code().unwrap_or(-1), json, text))
+        self.h.cli(
+            &self.key(who),
+            args,
+            &[
+                ("HALLMARK_BITCOIN_RPC", &self.btc.rpc.url),
+                ("HALLMARK_BITCOIN_RPC_USER", &user),
+                ("HALLMARK_BITCOIN_RPC_PASSWORD", &pass),
+            ],
+        )
     }
 
     fn ok(&self, who: &str, args: &[&str]) -> Result<Value> {

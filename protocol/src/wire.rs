@@ -1,10 +1,9 @@
 //! What operators send each other: gossip messages and catch-up requests, postcard-encoded.
 
-use hallmark_protocol::checkpoint::Checkpoint;
-use hallmark_protocol::{BatchVote, CertifiedEvent, Event, EventHash, Subject};
-
-use crate::store::FinalCheckpoint;
 use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{Checkpoint, FinalCheckpoint};
+use crate::{BatchVote, CertifiedEvent, Event, EventHash, Subject};
 
 /// Largest number of certified events in one catch-up response.
 pub const MAX_CATCHUP_EVENTS: usize = 1024;
