@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The test command: formatting, clippy (warnings are errors), then every test of the workspace.
-# Extra arguments go to the test runner (e.g. a test name filter).
+# The test command: formatting, clippy (warnings are errors), every test of the workspace (with
+# the scan page in headless Chromium), the scan page's own JS tests, then a short fuzz run of
+# every decoder of untrusted bytes. Extra arguments go to the test runner (e.g. a test name
+# filter) and skip the JS tests and the fuzz run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -19,4 +21,10 @@ if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast "$@"
 else
   cargo test --workspace --locked --no-fail-fast "$@"
+fi
+if [ $# -eq 0 ]; then
+  echo "== scan page JS tests (node --test)"
+  node --test node/assets/scan/test/
+  echo "== fuzz (15 s per target; scripts/fuzz.sh -t SECONDS for longer runs)"
+  scripts/fuzz.sh -t 15
 fi

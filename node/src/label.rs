@@ -44,7 +44,13 @@ fn modules(text: &str) -> Result<(usize, Vec<bool>)> {
     let code = QrCode::with_error_correction_level(text.as_bytes(), EcLevel::M)
         .context("the URL does not fit in a QR code")?;
     let w = code.width();
-    Ok((w, code.to_colors().into_iter().map(|c| c == Color::Dark).collect()))
+    Ok((
+        w,
+        code.to_colors()
+            .into_iter()
+            .map(|c| c == Color::Dark)
+            .collect(),
+    ))
 }
 
 /// The label as a PNG: the QR code alone with its quiet zone, black on white.

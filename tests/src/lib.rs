@@ -154,7 +154,12 @@ impl Harness {
     }
 
     /// Like [`Harness::cli`], failing unless the command succeeds; returns its JSON.
-    pub fn cli_ok(&self, key: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<serde_json::Value> {
+    pub fn cli_ok(
+        &self,
+        key: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<serde_json::Value> {
         let (code, json, text) = self.cli(key, args, env)?;
         if code != 0 {
             bail!("hallmark {args:?} failed ({code}): {text}");

@@ -47,7 +47,13 @@ async fn the_scan_page_verifies_in_chromium() -> Result<()> {
         let v = h.cli_ok(
             &key("maker"),
             &[
-                "mint", "--serial", serial, "--product", product, "--owner", owner,
+                "mint",
+                "--serial",
+                serial,
+                "--product",
+                product,
+                "--owner",
+                owner,
             ],
             &[],
         )?;
@@ -145,7 +151,11 @@ async fn the_scan_page_verifies_in_chromium() -> Result<()> {
     );
     println!("{text}");
     ensure!(out.status.success(), "browser test failed:\n{text}");
-    for name in ["authentic-phone", "authentic-desktop", "tampered-everywhere-desktop"] {
+    for name in [
+        "authentic-phone",
+        "authentic-desktop",
+        "tampered-everywhere-desktop",
+    ] {
         ensure!(
             shots.join(format!("{name}.png")).exists(),
             "screenshot {name} saved"
