@@ -24,7 +24,7 @@ use crate::store::Store;
 pub const MAX_BODY_BYTES: u64 = 64 * 1024;
 /// Default and largest wait for a certificate.
 pub const DEFAULT_WAIT_MS: u64 = 5_000;
-const MAX_WAIT_MS: u64 = 30_000;
+pub const MAX_WAIT_MS: u64 = 30_000;
 /// Route prefixes used as metric labels (anything else is "other": bounded cardinality).
 const ROUTES: [&str; 9] = [
     "/scan",

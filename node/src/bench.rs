@@ -49,7 +49,8 @@ pub struct BenchOpts {
     pub base_port: u16,
 }
 
-fn proc_stat(pid: u32) -> Option<(f64, u64)> {
+/// CPU seconds used and resident memory (kB) of process `pid`, from `/proc`.
+pub fn proc_stat(pid: u32) -> Option<(f64, u64)> {
     // utime + stime in clock ticks (fields 14 and 15), and VmRSS in kB.
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = stat.rsplit_once(") ")?.1;
@@ -110,6 +111,8 @@ pub async fn run(o: &BenchOpts) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let mut init = InitOptions::new(o.operators, o.quorum, Ports::Base(o.base_port));
     init.payments = PaymentMode::Mock;
+    // Every benchmark client comes from 127.0.0.1: a per-address limit would measure itself.
+    init.http_rate_per_sec = 0;
     devnet::init(dir.path(), &init)?;
     let (federation, peers) = FederationFile::load(&dir.path().join("federation.toml"))?;
     let exe = std::env::current_exe()?;

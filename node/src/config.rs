@@ -64,6 +64,18 @@ pub struct OperatorConfig {
     /// The operator's own bitcoind; without it, checkpoints are agreed but not anchored.
     #[serde(default)]
     pub bitcoin: Option<BitcoinConfig>,
+    /// Requests per second one client (IP address) may make to the API; 0 means no limit.
+    #[serde(default = "default_http_rate")]
+    pub http_rate_per_sec: u32,
+    /// Requests a client may make at once above its rate.
+    #[serde(default = "default_http_burst")]
+    pub http_burst: u32,
+    /// Open API connections at most.
+    #[serde(default = "default_http_connections")]
+    pub http_max_connections: usize,
+    /// Seconds a client has to send a request's headers before the connection is closed.
+    #[serde(default = "default_http_header_timeout")]
+    pub http_header_timeout_secs: u64,
 }
 
 /// How an operator reaches its bitcoind.
@@ -112,6 +124,22 @@ impl BitcoinConfig {
             .parse()
             .map_err(|_| anyhow::anyhow!("bitcoin: unknown network {:?}", self.network))
     }
+}
+
+fn default_http_rate() -> u32 {
+    100
+}
+
+fn default_http_burst() -> u32 {
+    200
+}
+
+fn default_http_header_timeout() -> u64 {
+    10
+}
+
+fn default_http_connections() -> usize {
+    1_024
 }
 
 fn default_confirmations() -> u32 {

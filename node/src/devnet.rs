@@ -36,6 +36,10 @@ pub struct InitOptions {
     pub anchor_timeout_secs: u64,
     /// A bitcoind for every operator (each gets its own wallet on it).
     pub bitcoin: Option<BitcoinConfig>,
+    /// Requests per second per client on each operator's API (0: no limit).
+    pub http_rate_per_sec: u32,
+    /// Seconds a client has to send its request headers.
+    pub http_header_timeout_secs: u64,
 }
 
 impl InitOptions {
@@ -51,6 +55,8 @@ impl InitOptions {
             checkpoint_every_secs: 60,
             anchor_timeout_secs: 600,
             bitcoin: None,
+            http_rate_per_sec: 100,
+            http_header_timeout_secs: 10,
         }
     }
 }
@@ -143,6 +149,10 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<()> {
             checkpoint_every_secs: opts.checkpoint_every_secs,
             anchor_timeout_secs: opts.anchor_timeout_secs,
             bitcoin: opts.bitcoin.clone(),
+            http_rate_per_sec: opts.http_rate_per_sec,
+            http_burst: opts.http_rate_per_sec.saturating_mul(2),
+            http_max_connections: 1_024,
+            http_header_timeout_secs: opts.http_header_timeout_secs,
         };
         fs::write(op_dir.join("operator.toml"), toml::to_string_pretty(&cfg)?)?;
     }

@@ -20,6 +20,7 @@ metric!(CONFLICTING_CERTIFICATES: IntCounter = register_int_counter!("hallmark_c
 metric!(PENDING_SLOTS: IntGauge = register_int_gauge!("hallmark_consensus_pending_slots", "Slots being voted on"));
 metric!(VOTE_BATCH_SIZE: Histogram = register_histogram!("hallmark_consensus_vote_batch_size", "Votes per signed batch", vec![1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0]));
 metric!(HTTP_REQUESTS: IntCounterVec = register_int_counter_vec!("hallmark_http_requests_total", "HTTP requests by route and status", &["route", "status"]));
+metric!(HTTP_RATE_LIMITED: IntCounter = register_int_counter!("hallmark_http_rate_limited_total", "HTTP requests refused because their client exceeded its rate"));
 metric!(UPTIME: IntGauge = register_int_gauge!("hallmark_process_start_time_seconds", "Unix time the process started"));
 
 metric!(CHAIN_ERRORS: IntCounter = register_int_counter!("hallmark_anchor_chain_errors_total", "Failed bitcoind interactions of the anchoring worker"));
@@ -49,6 +50,7 @@ pub fn register() {
     LazyLock::force(&PENDING_SLOTS);
     LazyLock::force(&VOTE_BATCH_SIZE);
     LazyLock::force(&HTTP_REQUESTS);
+    LazyLock::force(&HTTP_RATE_LIMITED);
     LazyLock::force(&CHAIN_ERRORS);
     LazyLock::force(&ANCHORS_BROADCAST);
     LazyLock::force(&ANCHORS_CONFIRMED);

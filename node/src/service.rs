@@ -217,12 +217,18 @@ pub async fn start(
     };
     let http = {
         let c = cancel.clone();
-        tokio::spawn(
-            warp::serve(api::routes(api))
-                .incoming(http_listener)
-                .graceful(async move { c.cancelled().await })
-                .run(),
-        )
+        tokio::spawn(crate::http::serve(
+            api::routes(api),
+            http_listener,
+            crate::http::Limits {
+                rate_per_sec: config.http_rate_per_sec,
+                burst: config.http_burst,
+                max_connections: config.http_max_connections,
+                header_timeout: Duration::from_secs(config.http_header_timeout_secs.max(1)),
+                request_timeout: Duration::from_millis(api::MAX_WAIT_MS) + Duration::from_secs(5),
+            },
+            c,
+        ))
     };
     let metrics_srv = {
         let c = cancel.clone();

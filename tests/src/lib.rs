@@ -82,6 +82,8 @@ impl Harness {
         let mut opts = InitOptions::new(n, m, Ports::Explicit(ports));
         opts.payments = PaymentMode::Mock;
         opts.round_timeout_ms = 500;
+        // Tests hammer operators from one address; the rate limit has its own test.
+        opts.http_rate_per_sec = 0;
         configure(&mut opts);
         devnet::init(dir.path(), &opts)?;
         let (federation, peers) = FederationFile::load(&dir.path().join("federation.toml"))?;
@@ -206,6 +208,11 @@ impl Harness {
         kill(Pid::from_raw(c.id() as i32), sig)?;
         c.wait()?;
         Ok(())
+    }
+
+    /// Operator `i`'s process id.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.children[i].as_ref().map(Child::id)
     }
 
     /// SIGKILL operator `i`.
