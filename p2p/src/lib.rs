@@ -4,10 +4,11 @@
 //! receiver of [`P2pEvent`]s. Payloads are opaque bytes: the node encodes and validates them.
 
 mod codec;
+mod conduct;
 mod metrics;
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
@@ -27,6 +28,7 @@ use tracing::{debug, info, warn};
 pub use libp2p::{Multiaddr, PeerId};
 
 use codec::BytesCodec;
+use conduct::Conduct;
 
 /// Commands queued to the swarm task.
 pub const COMMAND_QUEUE: usize = 1024;
@@ -73,6 +75,8 @@ pub enum Command {
         /// Accept (forward) or reject (drop, penalise).
         accept: bool,
     },
+    /// `peer` answered a request with something that does not verify (counts toward its ban).
+    Offence(PeerId),
     /// Send a request to `peer`; the reply comes back on `reply`.
     Request {
         /// Target.
@@ -260,6 +264,7 @@ pub async fn spawn(
         pending: HashMap::new(),
         replies: FuturesUnordered::new(),
         events: ev_tx,
+        conduct: Conduct::default(),
     };
     let handle = tokio::spawn(task.run(cmd_rx, cancel));
     Ok((P2pHandle { tx: cmd_tx, local }, ev_rx, handle))
@@ -277,6 +282,7 @@ struct SwarmTask {
     pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, String>>>,
     replies: FuturesUnordered<ReplyFuture>,
     events: mpsc::Sender<P2pEvent>,
+    conduct: Conduct,
 }
 
 impl SwarmTask {
@@ -302,8 +308,26 @@ impl SwarmTask {
         info!("p2p task stopped");
     }
 
+    /// Records an offence by `peer`; over the limit, disconnects it and refuses it for a while.
+    fn offence(&mut self, peer: PeerId) {
+        metrics::OFFENCES.inc();
+        if self.members.contains_key(&peer) && self.conduct.offence(peer, Instant::now()) {
+            warn!(%peer, "member misbehaved (rejected messages or a request flood): disconnected for {:?}", conduct::BAN);
+            metrics::BANNED.inc();
+            self.swarm.behaviour_mut().allow.disallow_peer(peer);
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+    }
+
     fn redial(&mut self) {
+        for peer in self.conduct.expired(Instant::now()) {
+            info!(%peer, "ban over: member allowed again");
+            self.swarm.behaviour_mut().allow.allow_peer(peer);
+        }
         for (peer, addr) in &self.members {
+            if self.conduct.is_banned(peer) {
+                continue;
+            }
             if !self.connected.contains(peer) && !self.swarm.is_connected(peer) {
                 let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(*peer)
                     .addresses(vec![addr.clone()])
@@ -344,7 +368,11 @@ impl SwarmTask {
                     .behaviour_mut()
                     .gossipsub
                     .report_message_validation_result(&id, &source, verdict);
+                if !accept {
+                    self.offence(source);
+                }
             }
+            Command::Offence(peer) => self.offence(peer),
             Command::Request { peer, data, reply } => {
                 let id = self.swarm.behaviour_mut().catchup.send_request(&peer, data);
                 self.pending.insert(id, reply);
@@ -354,116 +382,126 @@ impl SwarmTask {
 
     /// Handles one swarm event; false when the node has gone away.
     async fn swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) -> bool {
-        let out =
-            match event {
-                SwarmEvent::NewListenAddr { address, .. } => {
-                    info!(%address, "listening");
-                    Some(P2pEvent::Listening(address))
-                }
-                SwarmEvent::ConnectionEstablished {
-                    peer_id,
-                    num_established,
-                    ..
-                } => {
-                    if num_established.get() == 1 && self.connected.insert(peer_id) {
-                        metrics::PEERS.set(self.connected.len() as i64);
-                        info!(peer = %peer_id, "member connected");
-                        Some(P2pEvent::PeerConnected(peer_id))
-                    } else {
-                        None
-                    }
-                }
-                SwarmEvent::ConnectionClosed {
-                    peer_id,
-                    num_established,
-                    ..
-                } => {
-                    if num_established == 0 && self.connected.remove(&peer_id) {
-                        metrics::PEERS.set(self.connected.len() as i64);
-                        info!(peer = %peer_id, "member disconnected");
-                        Some(P2pEvent::PeerDisconnected(peer_id))
-                    } else {
-                        None
-                    }
-                }
-                SwarmEvent::IncomingConnectionError {
-                    error,
-                    send_back_addr,
-                    ..
-                } => {
-                    if let libp2p::swarm::ListenError::Denied { cause } = &error {
-                        if cause
-                            .downcast_ref::<allow_block_list::NotAllowed>()
-                            .is_some()
-                        {
-                            metrics::DENIED.inc();
-                            warn!(%send_back_addr, "refused a connection from a non-member");
-                        }
-                    }
+        let out = match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                info!(%address, "listening");
+                Some(P2pEvent::Listening(address))
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                num_established,
+                ..
+            } => {
+                if num_established.get() == 1 && self.connected.insert(peer_id) {
+                    metrics::PEERS.set(self.connected.len() as i64);
+                    info!(peer = %peer_id, "member connected");
+                    Some(P2pEvent::PeerConnected(peer_id))
+                } else {
                     None
                 }
-                SwarmEvent::OutgoingConnectionError { error, peer_id, .. } => {
-                    if let libp2p::swarm::DialError::Denied { cause } = &error {
-                        if cause
-                            .downcast_ref::<allow_block_list::NotAllowed>()
-                            .is_some()
-                        {
-                            metrics::DENIED.inc();
-                            warn!(?peer_id, "refused a connection to a non-member");
-                        }
-                    }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                ..
+            } => {
+                if num_established == 0 && self.connected.remove(&peer_id) {
+                    metrics::PEERS.set(self.connected.len() as i64);
+                    info!(peer = %peer_id, "member disconnected");
+                    Some(P2pEvent::PeerDisconnected(peer_id))
+                } else {
                     None
                 }
-                SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
-                    propagation_source,
-                    message_id,
-                    message,
-                })) => {
-                    metrics::GOSSIP_IN.inc();
-                    Some(P2pEvent::Gossip {
-                        id: message_id,
-                        source: propagation_source,
-                        data: message.data,
+            }
+            SwarmEvent::IncomingConnectionError {
+                error,
+                send_back_addr,
+                ..
+            } => {
+                if let libp2p::swarm::ListenError::Denied { cause } = &error {
+                    if cause
+                        .downcast_ref::<allow_block_list::NotAllowed>()
+                        .is_some()
+                    {
+                        metrics::DENIED.inc();
+                        warn!(%send_back_addr, "refused a connection from a peer that is not an allowed member (a non-member, or a banned one)");
+                    }
+                }
+                None
+            }
+            SwarmEvent::OutgoingConnectionError { error, peer_id, .. } => {
+                if let libp2p::swarm::DialError::Denied { cause } = &error {
+                    if cause
+                        .downcast_ref::<allow_block_list::NotAllowed>()
+                        .is_some()
+                    {
+                        metrics::DENIED.inc();
+                        warn!(
+                            ?peer_id,
+                            "refused a connection to a peer that is not an allowed member"
+                        );
+                    }
+                }
+                None
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            })) => {
+                metrics::GOSSIP_IN.inc();
+                Some(P2pEvent::Gossip {
+                    id: message_id,
+                    source: propagation_source,
+                    data: message.data,
+                })
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Catchup(request_response::Event::Message {
+                peer,
+                message,
+                ..
+            })) => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
+                    if !self.conduct.allow_request(peer, Instant::now()) {
+                        // Dropping the channel fails the request on the asker's side.
+                        drop(channel);
+                        self.offence(peer);
+                        return true;
+                    }
+                    let (reply, rx) = oneshot::channel();
+                    self.replies.push(Box::pin(async move {
+                        rx.await.ok().map(|bytes| (channel, bytes))
+                    }));
+                    Some(P2pEvent::Request {
+                        peer,
+                        data: request,
+                        reply,
                     })
                 }
-                SwarmEvent::Behaviour(BehaviourEvent::Catchup(
-                    request_response::Event::Message { peer, message, .. },
-                )) => match message {
-                    request_response::Message::Request {
-                        request, channel, ..
-                    } => {
-                        let (reply, rx) = oneshot::channel();
-                        self.replies.push(Box::pin(async move {
-                            rx.await.ok().map(|bytes| (channel, bytes))
-                        }));
-                        Some(P2pEvent::Request {
-                            peer,
-                            data: request,
-                            reply,
-                        })
-                    }
-                    request_response::Message::Response {
-                        request_id,
-                        response,
-                    } => {
-                        if let Some(tx) = self.pending.remove(&request_id) {
-                            let _ = tx.send(Ok(response));
-                        }
-                        None
-                    }
-                },
-                SwarmEvent::Behaviour(BehaviourEvent::Catchup(
-                    request_response::Event::OutboundFailure {
-                        request_id, error, ..
-                    },
-                )) => {
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
                     if let Some(tx) = self.pending.remove(&request_id) {
-                        let _ = tx.send(Err(error.to_string()));
+                        let _ = tx.send(Ok(response));
                     }
                     None
                 }
-                _ => None,
-            };
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Catchup(
+                request_response::Event::OutboundFailure {
+                    request_id, error, ..
+                },
+            )) => {
+                if let Some(tx) = self.pending.remove(&request_id) {
+                    let _ = tx.send(Err(error.to_string()));
+                }
+                None
+            }
+            _ => None,
+        };
         match out {
             Some(ev) => self.events.send(ev).await.is_ok(),
             None => true,

@@ -10,6 +10,20 @@ pub(crate) static PEERS: LazyLock<IntGauge> = LazyLock::new(|| {
     )
     .expect("metric registers once")
 });
+pub(crate) static OFFENCES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "hallmark_p2p_offences_total",
+        "Rejected gossip messages and refused requests, counted against the member that sent them"
+    )
+    .expect("metric registers once")
+});
+pub(crate) static BANNED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "hallmark_p2p_members_banned_total",
+        "Times a member was disconnected and shut out for misbehaving"
+    )
+    .expect("metric registers once")
+});
 pub(crate) static DENIED: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "hallmark_p2p_connections_denied_total",
@@ -50,6 +64,8 @@ pub(crate) static GOSSIP_PUBLISH_FAILED: LazyLock<IntCounter> = LazyLock::new(||
 pub(crate) fn register() {
     LazyLock::force(&PEERS);
     LazyLock::force(&DENIED);
+    LazyLock::force(&OFFENCES);
+    LazyLock::force(&BANNED);
     LazyLock::force(&GOSSIP_IN);
     LazyLock::force(&GOSSIP_OUT);
     LazyLock::force(&GOSSIP_REJECTED);

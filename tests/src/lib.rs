@@ -210,6 +210,27 @@ impl Harness {
         Ok(())
     }
 
+    /// Operator `i`'s Prometheus metrics, as text.
+    pub async fn metrics(&self, i: usize) -> Result<String> {
+        let cfg = std::fs::read_to_string(self.operator_dir(i).join("operator.toml"))?;
+        let cfg: hallmark_node::config::OperatorConfig = toml::from_str(&cfg)?;
+        Ok(
+            reqwest::get(format!("http://{}/metrics", cfg.metrics_listen))
+                .await?
+                .text()
+                .await?,
+        )
+    }
+
+    /// The value of operator `i`'s unlabelled metric `name` (0 when absent).
+    pub async fn metric(&self, i: usize, name: &str) -> Result<f64> {
+        let text = self.metrics(i).await?;
+        Ok(text
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0))
+    }
+
     /// Operator `i`'s process id.
     pub fn pid(&self, i: usize) -> Option<u32> {
         self.children[i].as_ref().map(Child::id)

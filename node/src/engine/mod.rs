@@ -1232,21 +1232,37 @@ async fn ask(
     rpc: &Rpc,
 ) -> Option<(RpcResponse, u64)> {
     let bytes = p2p.request(peer, encode(rpc)).await.ok()?;
-    let mut r = hallmark_protocol::decode::<RpcResponse>(&bytes).ok()?;
+    let Ok(mut r) = hallmark_protocol::decode::<RpcResponse>(&bytes) else {
+        warn!(%peer, "undecodable catch-up response");
+        let _ = p2p.send(Command::Offence(peer)).await;
+        return None;
+    };
     let returned = r.events.len() as u64;
     let (events, fed, store) = (
         std::mem::take(&mut r.events),
         federation.clone(),
         store.clone(),
     );
-    r.events = tokio::task::spawn_blocking(move || {
-        events
+    let (events, forged) = tokio::task::spawn_blocking(move || {
+        let mut forged = 0usize;
+        let events: Vec<CertifiedEvent> = events
             .into_iter()
-            .filter(|ce| !holds(&store, ce) && ce.verify(&fed).is_ok())
-            .collect()
+            .filter(|ce| !holds(&store, ce))
+            .filter(|ce| {
+                let ok = ce.verify(&fed).is_ok();
+                forged += usize::from(!ok);
+                ok
+            })
+            .collect();
+        (events, forged)
     })
     .await
     .unwrap_or_default();
+    if forged > 0 {
+        warn!(%peer, forged, "catch-up response with events that do not verify");
+        let _ = p2p.send(Command::Offence(peer)).await;
+    }
+    r.events = events;
     Some((r, returned))
 }
 

@@ -1,0 +1,260 @@
+//! A Byzantine operator: operator 3's process is replaced by a peer holding its real key that
+//! answers catch-up requests with forged histories, votes for two conflicting events, floods an
+//! operator with requests and gossips garbage. The three honest operators (a quorum of 3-of-4)
+//! must not be fooled, must record the double vote as evidence, must disconnect the bad peer,
+//! and must go on certifying.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use hallmark_node::client::{Author, Client};
+use hallmark_p2p::{Command, P2pConfig, P2pEvent, P2pHandle};
+use hallmark_protocol::encoding::encode;
+use hallmark_protocol::wire::{Gossip, Rpc, RpcResponse};
+use hallmark_protocol::{
+    BatchVote, Certificate, CertifiedEvent, EventHash, EventKind, ItemId, ManufacturerId,
+    SigningKey, Vote,
+};
+use hallmark_tests::{poll_until, Harness};
+use tokio_util::sync::CancellationToken;
+
+const BIN: &str = env!("CARGO_BIN_EXE_hallmark-test-node");
+const WAIT: Duration = Duration::from_secs(10);
+const BYZANTINE: usize = 3;
+
+/// Operator 3's identity on the network, driven by the test.
+struct Byzantine {
+    p2p: P2pHandle,
+    key: SigningKey,
+    cancel: CancellationToken,
+}
+
+impl Drop for Byzantine {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// Stops operator 3 and puts the Byzantine peer in its place. It answers every catch-up request
+/// with `forged`.
+async fn impersonate(h: &mut Harness, forged: RpcResponse) -> Result<Byzantine> {
+    h.stop(BYZANTINE)?;
+    let key = h.operator_key(BYZANTINE)?;
+    let cancel = CancellationToken::new();
+    let (p2p, mut events, _task) = hallmark_p2p::spawn(
+        P2pConfig {
+            secret: key.secret_bytes(),
+            listen: h.peers[BYZANTINE].address.clone(),
+            members: h
+                .peers
+                .iter()
+                .filter(|p| p.index != BYZANTINE)
+                .map(|p| (p.peer_id, p.address.clone()))
+                .collect(),
+            topic: format!("hallmark/{}/v1", h.federation.id()),
+        },
+        cancel.clone(),
+    )
+    .await?;
+    let forged = encode(&forged);
+    tokio::spawn(async move {
+        while let Some(ev) = events.recv().await {
+            if let P2pEvent::Request { reply, .. } = ev {
+                let _ = reply.send(forged.clone());
+            }
+        }
+    });
+    for i in 0..BYZANTINE {
+        h.wait_connected(i, 3).await?;
+    }
+    Ok(Byzantine { p2p, key, cancel })
+}
+
+/// Registers `maker` as a manufacturer.
+async fn register(c: &Client, maker: &Author) -> Result<()> {
+    c.submit(
+        &maker.event(
+            0,
+            EventHash::ZERO,
+            EventKind::RegisterManufacturer {
+                name: "Acme".into(),
+            },
+        ),
+        WAIT,
+    )
+    .await?
+    .certified()?;
+    Ok(())
+}
+
+/// Mints item `serial` of the registered `maker` to `owner`.
+async fn minted(c: &Client, maker: &Author, owner: &Author, serial: &str) -> Result<ItemId> {
+    let mint = maker.event(
+        0,
+        EventHash::ZERO,
+        EventKind::Mint {
+            serial: serial.into(),
+            product: "Watch".into(),
+            owner: owner.key.public_key(),
+        },
+    );
+    c.submit(&mint, WAIT).await?.certified()?;
+    Ok(ItemId::new(
+        &ManufacturerId::of(&maker.key.public_key()),
+        serial,
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_byzantine_operator_fools_nobody_and_is_disconnected() -> Result<()> {
+    let mut h = Harness::start(BIN, 4, 3).await?;
+    let (maker, owner) = (h.author(), h.author());
+    let c = h.client(0);
+    register(&c, &maker).await?;
+    let item = minted(&c, &maker, &owner, "SN-1").await?;
+
+    // The forged history it serves: an item minted by a key that never registered, certified
+    // by operator 3 alone (its signature is real, but one is not a quorum). (A forger claiming a
+    // longer log is asked again at once and banned within milliseconds; here each honest
+    // operator asks once, so the other misbehaviours can be shown.)
+    let forger = h.author();
+    let fake_mint = forger.event(
+        0,
+        EventHash::ZERO,
+        EventKind::Mint {
+            serial: "FAKE-1".into(),
+            product: "Counterfeit".into(),
+            owner: forger.key.public_key(),
+        },
+    );
+    let key3 = h.operator_key(BYZANTINE)?;
+    let vote = Vote::commit(fake_mint.hash(), 0);
+    let att = BatchVote::sign(&key3, h.federation.id(), vec![vote])?
+        .attestation(0)
+        .context("attestation")?;
+    let forged = RpcResponse {
+        log_len: 1,
+        events: vec![CertifiedEvent {
+            event: fake_mint.clone(),
+            certificate: Certificate {
+                event: fake_mint.hash(),
+                round: 0,
+                attestations: vec![att.clone(), att.clone(), att],
+            },
+        }],
+        next_checkpoint: 0,
+        checkpoints: Vec::new(),
+    };
+    let fake_item = ItemId::new(&ManufacturerId::of(&forger.key.public_key()), "FAKE-1");
+    let log_len = c.info().await?["log_len"].clone();
+    let byz = impersonate(&mut h, forged).await?;
+
+    // 1. Forged catch-up responses are refused (and counted against the sender).
+    poll_until(WAIT, "forged responses counted", || async {
+        (h.metric(0, "hallmark_p2p_offences_total").await.ok()? >= 1.0).then_some(())
+    })
+    .await?;
+    for i in 0..BYZANTINE {
+        ensure!(
+            h.client(i).item(&fake_item).await?.is_none(),
+            "operator {i} took the forged item"
+        );
+        ensure!(h.client(i).info().await?["log_len"] == log_len);
+    }
+
+    // 2. Equivocation: operator 3 prevotes and commits two conflicting transfers of one item.
+    let state = c.item(&item).await?.context("minted")?;
+    let (to_a, to_b) = (h.author(), h.author());
+    let a = owner.next(
+        &state,
+        EventKind::Transfer {
+            item,
+            to: to_a.key.public_key(),
+        },
+    );
+    let b = owner.next(
+        &state,
+        EventKind::Transfer {
+            item,
+            to: to_b.key.public_key(),
+        },
+    );
+    for (n, ev) in [&a, &b].into_iter().enumerate() {
+        let votes = vec![Vote::prevote(ev.hash(), 0), Vote::commit(ev.hash(), 0)];
+        let batch = BatchVote::sign(&byz.key, h.federation.id(), votes)?.to_batch_vote();
+        let msg = Gossip::Votes {
+            events: vec![ev.clone()],
+            checkpoints: Vec::new(),
+            batch,
+            nonce: n as u64,
+        };
+        byz.p2p.send(Command::Publish(encode(&msg))).await?;
+    }
+    for i in 0..BYZANTINE {
+        poll_until(WAIT, "evidence of the double vote", || async {
+            let info = h.client(i).info().await.ok()?;
+            (info["evidence_records"].as_u64()? >= 1).then_some(())
+        })
+        .await
+        .with_context(|| h.log_tail(i))?;
+    }
+    // The honest three settle on one of the two, identically; never both.
+    let winner = poll_until(WAIT, "one transfer certified everywhere", || async {
+        let mut heads = Vec::new();
+        for i in 0..BYZANTINE {
+            let s = h.client(i).item(&item).await.ok()??;
+            (s.height == 1).then_some(())?;
+            heads.push(s.head);
+        }
+        heads.windows(2).all(|w| w[0] == w[1]).then(|| heads[0])
+    })
+    .await?;
+    ensure!(winner == a.hash() || winner == b.hash());
+    for i in 0..BYZANTINE {
+        let loser = if winner == a.hash() { &b } else { &a };
+        ensure!(h.client(i).event(&loser.hash()).await?.is_none());
+    }
+
+    // 3. A request flood at operator 0: served up to its allowance, then refused; the flooder
+    //    is disconnected.
+    let op0 = h.peers[0].peer_id;
+    let rpc = encode(&Rpc::LogRange { from: 0, limit: 1 });
+    let floods = (0..600).map(|_| byz.p2p.request(op0, rpc.clone()));
+    let answers = futures::future::join_all(floods).await;
+    let refused = answers.iter().filter(|r| r.is_err()).count();
+    ensure!(refused > 0, "some of 600 requests at once are refused");
+    poll_until(WAIT, "operator 0 bans the flooder", || async {
+        (h.metric(0, "hallmark_p2p_members_banned_total")
+            .await
+            .ok()?
+            >= 1.0)
+            .then_some(())
+    })
+    .await?;
+
+    // 4. Garbage gossip: every honest operator rejects it and disconnects the sender.
+    for n in 0..40u32 {
+        let mut junk = vec![0xff; 64];
+        junk.extend_from_slice(&n.to_be_bytes());
+        let _ = byz.p2p.send(Command::Publish(junk)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for i in 0..BYZANTINE {
+        poll_until(WAIT, "the Byzantine peer is cut off", || async {
+            let info = h.client(i).info().await.ok()?;
+            (info["peers_connected"].as_i64()? == 2).then_some(())
+        })
+        .await
+        .with_context(|| h.log_tail(i))?;
+    }
+    for i in 1..BYZANTINE {
+        ensure!(h.metric(i, "hallmark_p2p_members_banned_total").await? >= 1.0);
+    }
+
+    // The honest quorum goes on: a new item is certified by the three alone.
+    minted(&c, &maker, &owner, "SN-2").await?;
+    for i in 0..BYZANTINE {
+        ensure!(h.client(i).info().await?["evidence_records"].as_u64() >= Some(1));
+    }
+    Ok(())
+}
