@@ -61,8 +61,18 @@ fn serve(tail: &str) -> Response {
 
 /// `GET /scan` (redirects to `/scan/`, keeping the query) and `GET /scan/<file>`.
 pub fn routes() -> warp::filters::BoxedFilter<(Response,)> {
+    // `path!("scan")` also matches "/scan/": only the bare form redirects.
     let bare = warp::path!("scan")
         .and(warp::get())
+        .and(warp::path::full())
+        .and_then(|full: warp::path::FullPath| async move {
+            if full.as_str() == "/scan" {
+                Ok(())
+            } else {
+                Err(warp::reject::not_found())
+            }
+        })
+        .untuple_one()
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .map(|q: String| {
             let to = if q.is_empty() {
@@ -83,6 +93,21 @@ pub fn routes() -> warp::filters::BoxedFilter<(Response,)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[test]
+    fn bare_scan_redirects_and_the_directory_serves_the_page() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let get = |path: &str| rt.block_on(warp::test::request().path(path).reply(&routes()));
+        let r = get("/scan?item=ab");
+        assert_eq!(r.status(), StatusCode::MOVED_PERMANENTLY);
+        assert_eq!(r.headers()[header::LOCATION], "/scan/?item=ab");
+        let r = get("/scan/?item=ab");
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(std::str::from_utf8(r.body()).is_ok_and(|b| b.contains("<html")));
+    }
 
     #[test]
     fn serves_the_page_and_hides_tests() {

@@ -7,7 +7,7 @@
 // #timeline li, #checks li[data-ok], #operators li[data-outcome], #item-input, #scan-button,
 // #qr-file, and body[data-state] = idle | scanning | done | error (bad input).
 
-import { CHECKS, fetchAnchors, loadFederation, parseScanInput, scan } from "./hallmark.js";
+import { CHECKS, fetchAnchors, formatSats, loadFederation, parseScanInput, scan } from "./hallmark.js";
 
 const TIMEOUT_MS = 5000;
 /** Largest side of a photo handed to the QR decoder (phone photos are far larger than needed). */
@@ -67,11 +67,19 @@ function headline(report) {
         note: `Authentic. A sale is in progress: locked in escrow until the buyer's payment settles or block ${s.escrow.deadlineHeight} passes.`,
       };
     case "STOLEN":
-      return { text: "STOLEN", cls: "stolen", note: "Authentic, but its owner reported it stolen: it cannot be sold or transferred." };
+      return {
+        text: "STOLEN",
+        cls: "stolen",
+        note: "Authentic, but its owner reported it stolen: it cannot be sold or transferred.",
+      };
     case "RETIRED":
       return { text: "RETIRED", cls: "retired", note: "Authentic, but retired for good by its owner." };
     default:
-      return { text: "AUTHENTIC", cls: "authentic", note: `Made by ${s.manufacturer.name} and certified by the federation's quorum.` };
+      return {
+        text: "AUTHENTIC",
+        cls: "authentic",
+        note: `Made by ${s.manufacturer.name} and certified by the federation's quorum.`,
+      };
   }
 }
 
@@ -115,7 +123,9 @@ function renderReport(report, fed) {
   const h = headline(report);
   $("verdict").textContent = h.text;
   $("verdict-box").className = `verdict ${h.cls}`;
-  $("verdict-note").textContent = h.note;
+  $("verdict-note").textContent = fed.pinned
+    ? h.note
+    : `${h.note} The link pins no federation: this holds for the federation the operator names (see the checks).`;
 
   const s = report.state;
   $("facts-box").hidden = !s;
@@ -126,6 +136,14 @@ function renderReport(report, fed) {
     $("manufacturer").replaceChildren(s.manufacturer.name, " · id ", keySpan(s.manufacturer.id));
     $("owner").replaceChildren(keySpan(s.owner));
     $("status").textContent = STATUS_TEXT[s.status];
+    $("sale-label").hidden = $("sale").hidden = !s.escrow;
+    if (s.escrow) {
+      $("sale").replaceChildren(
+        "to ",
+        keySpan(s.escrow.buyer),
+        ` for ${formatSats(s.escrow.priceSats)}, to be paid by block ${s.escrow.deadlineHeight}`,
+      );
+    }
     $("item-id").textContent = s.item;
     $("timeline").replaceChildren(
       ...s.timeline.map((t) =>
@@ -192,16 +210,20 @@ function renderAnchors(report, fed, result) {
   const blocks = [...new Set(good.map((a) => `${a.height} (${shortHex(a.block)})`))].join(", ");
   const detail = bad.length
     ? bad.map((a) => a.error).join("; ")
-    : `checkpoint quorum certificates, each event's inclusion, the OP_RETURN transactions, their Merkle branches and the blocks' proof of work verified here; that block ${blocks} is in Bitcoin's best chain, and the tip for the confirmations, are as reported by operator ${fed.operatorIndex}`;
+    : `verified here: the checkpoints' quorum certificates, each event's inclusion, the OP_RETURN transactions, their Merkle branches and the blocks' proof of work. As reported by operator ${fed.operatorIndex}: that block ${blocks} is in Bitcoin's best chain, and the chain tip the confirmations count from.`;
   report.checks.push({ id: "anchor", label: CHECKS.anchor, ok: bad.length === 0, detail });
   renderChecks(report.checks);
   note.textContent = `${good.length} of ${report.state.timeline.length} events anchored in Bitcoin; proofs from operator ${result.operator}.`;
 }
 
-function renderFailure(message) {
+function renderFailure(error) {
+  const message = error.message;
   $("verdict").textContent = "UNREACHABLE";
   $("verdict-box").className = "verdict unreachable";
-  $("verdict-note").textContent = message;
+  $("verdict-note").textContent =
+    error.code === "federation_mismatch"
+      ? "The operator serves another federation than the one this link pins: nothing could be verified."
+      : "The federation's parameters could not be had from an operator: nothing could be verified.";
   $("facts-box").hidden = true;
   $("timeline-box").hidden = true;
   renderChecks([{ id: "federation", label: CHECKS.federation, ok: false, detail: message }]);
@@ -225,7 +247,7 @@ async function run(item, pinned) {
     try {
       fed = await loadFederation(bootstrap, pinned, { timeoutMs: TIMEOUT_MS });
     } catch (e) {
-      if (mine === current) renderFailure(e.message);
+      if (mine === current) renderFailure(e);
       return;
     }
     const report = await scan(item, { federation: fed, operators: fed.members, timeoutMs: TIMEOUT_MS });
@@ -246,6 +268,8 @@ async function run(item, pinned) {
 }
 
 function showInputError(message) {
+  current++; // a scan still running must not overwrite this
+  $("progress").hidden = true;
   const p = $("input-error");
   p.textContent = message;
   p.hidden = false;

@@ -519,7 +519,9 @@ export function federationFromParams(params) {
   if (m === 0 || m > n) throw bad(`threshold ${m} out of range for ${n} operators`);
   if (2 * m <= n) throw bad(`${m}-of-${n}: two quorums need not share any operator (need 2m > n)`);
   const nameLen = utf8.encode(params.name).length;
-  if (nameLen === 0 || nameLen > MAX_FEDERATION_NAME) throw bad(`federation name must be 1..=${MAX_FEDERATION_NAME} bytes`);
+  if (nameLen === 0 || nameLen > MAX_FEDERATION_NAME) {
+    throw bad(`federation name must be 1..=${MAX_FEDERATION_NAME} bytes`);
+  }
   if (params.operators.length !== n) throw bad(`quorum says ${n} operators but ${params.operators.length} are listed`);
   const tolerated = Math.min(2 * m - n - 1, n - m);
   if (params.max_faulty > tolerated) {
@@ -566,7 +568,11 @@ export function inclusionRoot(proof, leaf) {
   }
   const needed = shape.filter((s) => s !== "promote").length;
   if (needed !== proof.siblings.length) {
-    throw fail("format", "wrong_sibling_count", `proof has ${proof.siblings.length} sibling hashes, the path needs ${needed}`);
+    throw fail(
+      "format",
+      "wrong_sibling_count",
+      `proof has ${proof.siblings.length} sibling hashes, the path needs ${needed}`,
+    );
   }
   let node = leaf;
   let k = 0;
@@ -580,11 +586,13 @@ export function inclusionRoot(proof, leaf) {
 // ---------------------------------------------------------------------------------------------
 // Quorum certificates (certificate.rs)
 
-/** The Merkle leaf of a vote: event hash, round (u32 big-endian), phase byte (commit = 1). */
-export function voteLeaf(event, round, phase = 1) {
+const COMMIT = 1; // Phase::Commit's byte; certificates hold commit votes only
+
+/** The Merkle leaf of a commit vote: event hash, round (u32 big-endian), phase byte. */
+export function voteLeaf(event, round) {
   const r = new Uint8Array(4);
   new DataView(r.buffer).setUint32(0, round, false);
-  return taggedHash(TAGS.VOTE_LEAF, event, r, Uint8Array.of(phase));
+  return taggedHash(TAGS.VOTE_LEAF, event, r, Uint8Array.of(COMMIT));
 }
 
 /** What an operator signs for a batch of votes with this root. */
@@ -645,7 +653,11 @@ export function checkEvent(event, federationId) {
   const b = event.body;
   const kind = KIND_NAME[b.kind.type];
   if (!equal(b.federation, federationId)) {
-    throw fail("federation", "wrong_federation", `event is for federation ${toHex(b.federation)}, not ${toHex(federationId)}`);
+    throw fail(
+      "federation",
+      "wrong_federation",
+      `event is for federation ${toHex(b.federation)}, not ${toHex(federationId)}`,
+    );
   }
   const genesis = GENESIS.has(b.kind.type);
   if (genesis && (b.height !== 0n || !equal(b.prev, ZERO32))) {
@@ -828,7 +840,9 @@ export function applyItemEvent(federation, state, event, hash) {
   const status = state.status;
   const invalid = () => stateErr("invalid_in_state", `${kind} is not allowed while the item is ${STATUS[status.type]}`);
   const requireOwner = () => {
-    if (!equal(author, state.owner)) throw stateErr("not_authorized", `${toHex(author)} may not make ${kind} on this item`);
+    if (!equal(author, state.owner)) {
+      throw stateErr("not_authorized", `${toHex(author)} may not make ${kind} on this item`);
+    }
   };
   const next = { ...state, height: b.height, head: hash };
   const k = b.kind;
@@ -880,7 +894,9 @@ export function verifyManufacturer(federation, registration) {
     hash = verifyCertifiedEvent(federation, registration);
   } catch (e) {
     // Whatever fails in the registration fails the manufacturer check.
-    throw e instanceof HallmarkError ? new HallmarkError("manufacturer", e.code, `manufacturer registration: ${e.message}`) : e;
+    throw e instanceof HallmarkError
+      ? new HallmarkError("manufacturer", e.code, `manufacturer registration: ${e.message}`)
+      : e;
   }
   const b = registration.event.body;
   if (b.kind.type !== "RegisterManufacturer") {
@@ -954,7 +970,7 @@ function summary(event, owner) {
       return `Sale accepted: locked in escrow for ${short(k.offer.body.author)}… at ${formatSats(o.price_sats)}, to be paid by block ${k.invoice.deadline_height}`;
     }
     case "Settle":
-      return `Sale settled by payment ${toHex(reversed(k.payment))}: now owned by ${short(owner)}…`;
+      return `Sale settled by Bitcoin payment ${short(reversed(k.payment))}…: now owned by ${short(owner)}…`;
     case "ExpireEscrow":
       return `Escrow expired unpaid: back to ${short(owner)}…`;
     case "ReportStolen":
@@ -1225,7 +1241,9 @@ export function verifyAnchors(federation, verifiedEvents, bundle) {
       const c = cc.checkpoint;
       if (!equal(c.federation, federation.id)) throw anchorErr("wrong_federation", "checkpoint of another federation");
       const hash = checkpointHash(c);
-      if (!equal(cc.certificate.event, hash)) throw anchorErr("certificate_for_other", "certificate is not for this checkpoint");
+      if (!equal(cc.certificate.event, hash)) {
+        throw anchorErr("certificate_for_other", "certificate is not for this checkpoint");
+      }
       try {
         verifyCertificate(federation, cc.certificate);
       } catch (e) {
@@ -1239,7 +1257,10 @@ export function verifyAnchors(federation, verifiedEvents, bundle) {
       }
       if (!equal(root, c.root)) throw anchorErr("root_mismatch", "merkle: proof leads to a different root");
       if (inclusion.total !== c.count) {
-        throw anchorErr("bad_count", `inclusion proof is for ${inclusion.total} events, the checkpoint covers ${c.count}`);
+        throw anchorErr(
+          "bad_count",
+          `inclusion proof is for ${inclusion.total} events, the checkpoint covers ${c.count}`,
+        );
       }
       return { checkpoint: Number(c.number), ...verifyAnchor(anchor, hash) };
     } catch (e) {
@@ -1311,7 +1332,11 @@ const trimSlash = (url) => url.replace(/\/+$/, "");
  * this operator, checked against the parameters' keys), `notes` (members left out and why),
  * `bitcoinTip` (this operator's view, or null) and `operatorIndex`. Throws HallmarkError.
  */
-export async function loadFederation(url, pinnedId, { fetch: fetchFn = globalThis.fetch, timeoutMs = DEFAULT_TIMEOUT_MS } = {}) {
+export async function loadFederation(
+  url,
+  pinnedId,
+  { fetch: fetchFn = globalThis.fetch, timeoutMs = DEFAULT_TIMEOUT_MS } = {},
+) {
   const source = trimSlash(url);
   let info;
   try {
@@ -1331,7 +1356,11 @@ export async function loadFederation(url, pinnedId, { fetch: fetchFn = globalThi
     );
   }
   if (info.federation_id !== federation.idHex) {
-    throw fail("federation", "federation_mismatch", `the operator at ${source} reports federation id ${info.federation_id}, but its parameters hash to ${federation.idHex}`);
+    throw fail(
+      "federation",
+      "federation_mismatch",
+      `the operator at ${source} reports federation id ${info.federation_id}, but its parameters hash to ${federation.idHex}`,
+    );
   }
   const operatorIndex = dec.u32(field(info, "operator_index", "info"), "info.operator_index");
   const notes = [];
@@ -1410,7 +1439,9 @@ async function askOperator(fetchFn, op, item, timeoutMs, federation) {
     if (code === "not_found") return { report: { ...base, outcome: "not_found" } };
     return { report: { ...base, outcome: "unreachable", error: `HTTP 404 (${code ?? "not an operator API"})` } };
   }
-  if (r.status < 200 || r.status > 299) return { report: { ...base, outcome: "unreachable", error: `HTTP ${r.status}` } };
+  if (r.status < 200 || r.status > 299) {
+    return { report: { ...base, outcome: "unreachable", error: `HTTP ${r.status}` } };
+  }
   let json;
   try {
     json = parseJson(r.text);
@@ -1448,17 +1479,46 @@ function historyChecks(federation, answers, best) {
       ? `every certificate has >= ${federation.m} valid operator signatures (${federation.m}-of-${federation.n})`
       : CHECKS[id];
   if (best) {
-    return HISTORY_CHECKS.map((id) => ({ id, label: label(id), ok: true, detail: `${best.heads.length} events and the registration` }));
+    return HISTORY_CHECKS.map((id) => ({
+      id,
+      label: label(id),
+      ok: true,
+      detail: `${best.heads.length} events and the registration`,
+    }));
   }
   const invalid = answers.filter((a) => a.report.outcome === "invalid").map((a) => a.report);
   if (invalid.length === 0) return [];
   const ids = [...HISTORY_CHECKS, ...(invalid.some((r) => r.check === "format") ? ["format"] : [])];
   return ids.map((id) => {
     const failed = invalid.filter((r) => r.check === id);
-    return failed.length
-      ? { id, label: label(id), ok: false, detail: failed.map((r) => `operator ${r.index}: ${r.reason}`).join("; ") }
-      : { id, label: label(id), ok: false, detail: "not established: no operator served a history that verifies" };
+    if (failed.length === 0) {
+      return { id, label: label(id), ok: false, detail: "not established: no operator served a history that verifies" };
+    }
+    // Operators that serve the same forgery fail the same way: one line per distinct reason.
+    const byReason = new Map();
+    for (const r of failed) byReason.set(r.reason, [...(byReason.get(r.reason) ?? []), r.index]);
+    const detail = [...byReason]
+      .map(([reason, ops]) => `operator${ops.length > 1 ? "s" : ""} ${ops.join(", ")}: ${reason}`)
+      .join("; ");
+    return { id, label: label(id), ok: false, detail };
   });
+}
+
+function agreementCheck(verdict, reports, best) {
+  if (verdict === "INCONSISTENT") {
+    return { ok: false, detail: "verified histories contradict each other: the federation's quorum rule was broken" };
+  }
+  if (best) {
+    const agree = reports.filter((r) => r.agrees).length;
+    return {
+      ok: true,
+      detail: `${agree} of ${reports.length} operators serve this history; every other verified one is a prefix of it`,
+    };
+  }
+  if (reports.some((r) => r.outcome === "not_found") && !reports.some((r) => r.outcome === "invalid")) {
+    return { ok: true, detail: "no operator knows the item" };
+  }
+  return { ok: false, detail: "no verified history to compare" };
 }
 
 /**
@@ -1468,7 +1528,10 @@ function historyChecks(federation, answers, best) {
  * is a prefix of the longest), COUNTERFEIT (histories served, none verifies), UNKNOWN (nobody
  * knows the item), INCONSISTENT (verified histories that contradict each other) or UNREACHABLE.
  */
-export async function scan(item, { operators, federation, timeoutMs = DEFAULT_TIMEOUT_MS, fetch: fetchFn = globalThis.fetch }) {
+export async function scan(
+  item,
+  { operators, federation, timeoutMs = DEFAULT_TIMEOUT_MS, fetch: fetchFn = globalThis.fetch },
+) {
   const started = Date.now();
   item = String(item).toLowerCase();
   if (!HEX64.test(item)) throw new Error("an item id is 64 hex digits");
@@ -1511,26 +1574,19 @@ export async function scan(item, { operators, federation, timeoutMs = DEFAULT_TI
   }[verdict];
   if (lead) reasons.unshift(lead);
   for (const r of reports) {
-    if (r.outcome === "invalid") reasons.push(`operator ${r.index} served a history that fails verification: ${r.reason}`);
-    else if (r.outcome === "unreachable" && verdict === "AUTHENTIC") reasons.push(`operator ${r.index} unreachable: ${r.error}`);
-    else if (r.outcome === "not_found" && verdict === "AUTHENTIC") reasons.push(`operator ${r.index} does not know the item yet`);
+    if (r.outcome === "invalid") {
+      reasons.push(`operator ${r.index} served a history that fails verification: ${r.reason}`);
+    } else if (r.outcome === "unreachable" && verdict === "AUTHENTIC") {
+      reasons.push(`operator ${r.index} unreachable: ${r.error}`);
+    } else if (r.outcome === "not_found" && verdict === "AUTHENTIC") {
+      reasons.push(`operator ${r.index} does not know the item yet`);
+    }
   }
 
-  const agreement =
-    verdict === "INCONSISTENT"
-      ? { ok: false, detail: "verified histories contradict each other: the federation's quorum rule was broken" }
-      : best
-        ? {
-            ok: true,
-            detail: `${reports.filter((r) => r.agrees).length} of ${reports.length} operators serve this history; every other verified one is a prefix of it`,
-          }
-        : any("not_found") && !any("invalid")
-          ? { ok: true, detail: "no operator knows the item" }
-          : { ok: false, detail: "no verified history to compare" };
   const checks = [
     federationCheck(federation),
     ...historyChecks(federation, answers, best),
-    { id: "agreement", label: CHECKS.agreement, ...agreement },
+    { id: "agreement", label: CHECKS.agreement, ...agreementCheck(verdict, reports, best) },
   ];
 
   const authentic = verdict === "AUTHENTIC";
@@ -1550,7 +1606,11 @@ export async function scan(item, { operators, federation, timeoutMs = DEFAULT_TI
  * The anchors of an AUTHENTIC scan's history, from the proof bundle of an operator that served
  * that history: `{operator, anchors}` (per event as `verifyAnchors`), or `{operator, error}`.
  */
-export async function fetchAnchors(report, federation, { fetch: fetchFn = globalThis.fetch, timeoutMs = DEFAULT_TIMEOUT_MS } = {}) {
+export async function fetchAnchors(
+  report,
+  federation,
+  { fetch: fetchFn = globalThis.fetch, timeoutMs = DEFAULT_TIMEOUT_MS } = {},
+) {
   const op = report.operators.find((r) => r.agrees);
   try {
     const r = await get(fetchFn, `${op.url}/v1/items/${report.item}/proof`, timeoutMs);
