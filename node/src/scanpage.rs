@@ -95,7 +95,6 @@ mod tests {
     use super::*;
 
     #[test]
-    #[test]
     fn bare_scan_redirects_and_the_directory_serves_the_page() {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()

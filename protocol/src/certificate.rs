@@ -264,6 +264,17 @@ impl Certificate {
         })
     }
 
+    /// Orders the valid certificates of one event so that operators settle on the same one:
+    /// the lowest round first, then the lowest operator indices (smaller is preferred).
+    pub fn rank(&self, federation: &Federation) -> (u32, Vec<usize>) {
+        let indices = self
+            .attestations
+            .iter()
+            .map(|a| federation.operator_index(&a.operator).unwrap_or(usize::MAX))
+            .collect();
+        (self.round, indices)
+    }
+
     /// Verifies the certificate: every attestation a commit vote from a distinct member with
     /// a valid path and signature, and at least `m` of them. Any bad attestation rejects the whole
     /// certificate.

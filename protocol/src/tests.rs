@@ -774,6 +774,21 @@ fn assemble_is_deterministic_and_needs_m() {
     ));
 }
 
+#[test]
+fn certificates_of_one_event_rank_by_round_then_operator_indices() {
+    let w = World::new();
+    let cert = |round: u32, ops: [u32; 3]| {
+        let v = Vote::commit(w.registration().event.hash(), round);
+        Certificate::assemble(&w.fed, v, ops.map(|o| attest(&w, o, v))).unwrap()
+    };
+    let r0_low = cert(0, [0, 1, 2]);
+    let r0_high = cert(0, [1, 2, 3]);
+    let r1_low = cert(1, [0, 1, 2]);
+    assert!(r0_low.rank(&w.fed) < r0_high.rank(&w.fed));
+    assert!(r0_high.rank(&w.fed) < r1_low.rank(&w.fed));
+    assert_eq!(r0_low.rank(&w.fed), (0, vec![0, 1, 2]));
+}
+
 // ---- client verification ----
 
 fn history(w: &World) -> (ItemState, Vec<CertifiedEvent>) {

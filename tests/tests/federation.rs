@@ -77,10 +77,35 @@ async fn converged(
     )
     .await
     .with_context(|| {
+        // What each operator serves, for the failure message.
         let mut diag = String::new();
+        let rt = tokio::runtime::Handle::current();
         for &i in ops {
-            diag.push_str(&h.log_tail(i));
-            diag.push('\n');
+            let hist = tokio::task::block_in_place(|| rt.block_on(h.client(i).history(&item)));
+            let line = match hist {
+                Ok(Some(hist)) => hist
+                    .events
+                    .iter()
+                    .map(|ce| {
+                        let signers: Vec<String> = ce
+                            .certificate
+                            .attestations
+                            .iter()
+                            .map(|a| a.operator.to_string()[..6].to_string())
+                            .collect();
+                        format!(
+                            "h{} {} r{} by [{}]",
+                            ce.event.body.height,
+                            &ce.certificate.event.to_string()[..8],
+                            ce.certificate.round,
+                            signers.join(",")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" | "),
+                other => format!("{other:?}"),
+            };
+            diag.push_str(&format!("operator {i}: {line}\n"));
         }
         diag
     })

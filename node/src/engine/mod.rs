@@ -741,7 +741,7 @@ impl Engine {
             } else if let Some(stored) = self.cfg.store.certificate(&vote.event)? {
                 if vote.phase == Phase::Commit && vote.round == stored.round {
                     let att = batch.attestation(i).expect("index within the batch");
-                    self.upgrade_certificate(&stored, [att])?;
+                    self.upgrade_certificate(&stored, vote.round, [att])?;
                 }
             } else if self.early_count < MAX_EARLY_VOTES {
                 self.early_votes
@@ -805,35 +805,59 @@ impl Engine {
         self.on_certified(ce)
     }
 
-    /// After more commit votes arrive for a certified event, keep the canonical certificate (the
-    /// `m` lowest operator indices), so all operators converge on byte-identical certificates.
+    /// After more commit votes or another certificate arrive for a certified event, keep the
+    /// canonical certificate (the lowest round, then the `m` lowest operator indices; see
+    /// [`Certificate::rank`]), so all operators converge on byte-identical certificates.
     fn upgrade_certificate(
         &mut self,
         stored: &Certificate,
+        round: u32,
         extra: impl IntoIterator<Item = Attestation>,
     ) -> Result<(), StoreError> {
-        let vote = Vote::commit(stored.event, stored.round);
-        let mut atts: BTreeMap<usize, Attestation> = BTreeMap::new();
-        for a in stored.attestations.iter().cloned().chain(extra) {
-            if let Some(i) = self.cfg.federation.operator_index(&a.operator) {
-                atts.entry(i).or_insert(a);
-            }
+        if round > stored.round {
+            return Ok(());
         }
-        let best = Certificate::assemble(&self.cfg.federation, vote, atts.into_values())
-            .expect("a stored certificate has m attestations");
-        if best != *stored {
+        let same_round = round == stored.round;
+        let own = stored.attestations.iter().filter(|_| same_round).cloned();
+        let Ok(best) = Certificate::assemble(
+            &self.cfg.federation,
+            Vote::commit(stored.event, round),
+            own.chain(extra),
+        ) else {
+            return Ok(());
+        };
+        let fed = &self.cfg.federation;
+        if best.rank(fed) < stored.rank(fed) {
             self.cfg.store.replace_certificate(&best)?;
         }
         Ok(())
+    }
+
+    /// `certificate` with the commit votes for it this operator collected merged in, in canonical
+    /// form: the certificate that was gossiped to us may hold a different set than ours.
+    fn with_collected_votes(&self, certificate: &Certificate) -> Certificate {
+        let Some(atts) = self
+            .commit_atts
+            .get(&(certificate.event, certificate.round))
+        else {
+            return certificate.clone();
+        };
+        let vote = Vote::commit(certificate.event, certificate.round);
+        let all = certificate
+            .attestations
+            .iter()
+            .chain(atts.values())
+            .cloned();
+        Certificate::assemble(&self.cfg.federation, vote, all)
+            .unwrap_or_else(|_| certificate.clone())
     }
 
     /// A certified event (ours, gossiped, or caught up; certificate already verified).
     fn on_certified(&mut self, ce: CertifiedEvent) -> Result<(), StoreError> {
         let hash = ce.certificate.event;
         if let Some(stored) = self.cfg.store.certificate(&hash)? {
-            if stored.round == ce.certificate.round {
-                self.upgrade_certificate(&stored, ce.certificate.attestations)?;
-            }
+            let round = ce.certificate.round;
+            self.upgrade_certificate(&stored, round, ce.certificate.attestations)?;
             return Ok(());
         }
         let subject = ce.event.subject(hash);
@@ -864,6 +888,10 @@ impl Engine {
 
     fn apply(&mut self, subject: Subject, ce: &CertifiedEvent) -> Result<(), StoreError> {
         let hash = ce.certificate.event;
+        let ce = &CertifiedEvent {
+            event: ce.event.clone(),
+            certificate: self.with_collected_votes(&ce.certificate),
+        };
         let store = &self.cfg.store;
         let change = match &ce.event.body.kind {
             EventKind::RegisterManufacturer { .. } => {
@@ -1247,7 +1275,7 @@ async fn ask(
         let mut forged = 0usize;
         let events: Vec<CertifiedEvent> = events
             .into_iter()
-            .filter(|ce| !holds(&store, ce))
+            .filter(|ce| !holds(&store, &fed, ce))
             .filter(|ce| {
                 let ok = ce.verify(&fed).is_ok();
                 forged += usize::from(!ok);
@@ -1268,8 +1296,12 @@ async fn ask(
 
 /// Whether this operator already holds `ce`'s event certified (then its certificate need not be
 /// checked again: certificate checks are the bulk of an operator's CPU).
-fn holds(store: &Store, ce: &CertifiedEvent) -> bool {
-    matches!(store.certificate(&ce.certificate.event), Ok(Some(_)))
+fn holds(store: &Store, federation: &Federation, ce: &CertifiedEvent) -> bool {
+    match store.certificate(&ce.certificate.event) {
+        // Unless it carries a certificate that ranks before ours: then it is checked and kept.
+        Ok(Some(ours)) => ours.rank(federation) <= ce.certificate.rank(federation),
+        _ => false,
+    }
 }
 
 /// Answers a catch-up request from the store (called off the event loop).
@@ -1354,8 +1386,10 @@ pub fn verify_gossip(
             })
         }
         Gossip::Certified(list) => {
-            let list: Vec<CertifiedEvent> =
-                list.into_iter().filter(|ce| !holds(store, ce)).collect();
+            let list: Vec<CertifiedEvent> = list
+                .into_iter()
+                .filter(|ce| !holds(store, federation, ce))
+                .collect();
             for ce in &list {
                 ce.verify(federation).map_err(|e| e.to_string())?;
             }
