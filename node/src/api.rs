@@ -139,6 +139,7 @@ impl Api {
                 let status = match r.code {
                     "internal" => StatusCode::INTERNAL_SERVER_ERROR,
                     "already_certified" | "stale_height" | "future_height" => StatusCode::CONFLICT,
+                    "bitcoin_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
                     _ => StatusCode::UNPROCESSABLE_ENTITY,
                 };
                 return error(status, r.code, r.message);

@@ -112,14 +112,22 @@ impl Ctx {
         ))
     }
 
-    /// Submits to the operators in turn until one certifies it; a rejection is final.
-    /// Submits an event to the operators in turn until one certifies it.
+    /// Submits an event to the operators in turn until one certifies it. A rejection is final,
+    /// except "unavailable right now" (503: overloaded, its bitcoind down, stopping), which moves
+    /// on to the next operator.
     pub async fn submit(&self, event: &Event) -> Result<CertifiedEvent> {
         let wait = Duration::from_millis(self.opts.wait_ms);
         let mut last = None;
         for (i, c) in &self.operators {
             match c.submit(event, wait).await {
                 Ok(SubmitOutcome::Certified(ce)) => return Ok(*ce),
+                Ok(SubmitOutcome::Rejected {
+                    status,
+                    code,
+                    message,
+                }) if status == 503 => {
+                    last = Some(format!("operator {i} ({status} {code}): {message}"));
+                }
                 Ok(SubmitOutcome::Rejected {
                     status,
                     code,

@@ -6,7 +6,42 @@
 use bitcoin::Txid;
 use hallmark_protocol::sale::{bindings_in, expire_allowed, pays, settle_allowed};
 use hallmark_protocol::Escrow;
-use hallmark_wallet::{RpcApiExt as _, RpcClient};
+use hallmark_wallet::{RpcApiExt as _, RpcClient, WalletError};
+
+/// Why an adapter would not vouch for a settlement or an expiry.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PaymentError {
+    /// The chain says no (unpaid, underpaid, unconfirmed, too late, ...).
+    #[error("{0}")]
+    Refused(String),
+    /// The operator cannot see the chain right now (its bitcoind is down or starting): nothing
+    /// is decided, retry later.
+    #[error("this operator's bitcoind is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl PaymentError {
+    /// The API code clients see.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Refused(_) => "payment_invalid",
+            Self::Unavailable(_) => "bitcoin_unavailable",
+        }
+    }
+}
+
+/// An RPC failure: unavailable if bitcoind could not answer, otherwise a refusal with `context`.
+fn rpc_error(e: &WalletError, context: impl FnOnce(&WalletError) -> String) -> PaymentError {
+    if e.is_unavailable() {
+        PaymentError::Unavailable(e.to_string())
+    } else {
+        PaymentError::Refused(context(e))
+    }
+}
+
+fn refused(e: impl std::fmt::Display) -> PaymentError {
+    PaymentError::Refused(e.to_string())
+}
 
 /// Most blocks an escrow may stay open (the accept's deadline is at most this far ahead).
 pub const MAX_ESCROW_BLOCKS: u32 = 1_008;
@@ -14,9 +49,9 @@ pub const MAX_ESCROW_BLOCKS: u32 = 1_008;
 /// Checks payments.
 pub trait PaymentAdapter: Send + Sync + 'static {
     /// Whether `payment` settles `escrow` now.
-    fn check_settle(&self, escrow: &Escrow, payment: &Txid) -> Result<(), String>;
+    fn check_settle(&self, escrow: &Escrow, payment: &Txid) -> Result<(), PaymentError>;
     /// Whether `escrow` may expire now.
-    fn check_expire(&self, escrow: &Escrow) -> Result<(), String>;
+    fn check_expire(&self, escrow: &Escrow) -> Result<(), PaymentError>;
     /// The chain height deadlines are measured against, if the adapter knows one.
     fn tip(&self) -> Option<u32>;
     /// Whether accepted offers' deadlines must be checked against the chain.
@@ -27,10 +62,10 @@ pub trait PaymentAdapter: Send + Sync + 'static {
 pub struct MockPayments;
 
 impl PaymentAdapter for MockPayments {
-    fn check_settle(&self, _: &Escrow, _: &Txid) -> Result<(), String> {
+    fn check_settle(&self, _: &Escrow, _: &Txid) -> Result<(), PaymentError> {
         Ok(())
     }
-    fn check_expire(&self, _: &Escrow) -> Result<(), String> {
+    fn check_expire(&self, _: &Escrow) -> Result<(), PaymentError> {
         Ok(())
     }
     fn tip(&self) -> Option<u32> {
@@ -58,39 +93,56 @@ impl BitcoindPayments {
 }
 
 impl PaymentAdapter for BitcoindPayments {
-    fn check_settle(&self, escrow: &Escrow, payment: &Txid) -> Result<(), String> {
+    fn check_settle(&self, escrow: &Escrow, payment: &Txid) -> Result<(), PaymentError> {
         use hallmark_wallet::RpcClientRaw as _;
-        let (tx, block) = self
-            .rpc
-            .raw_tx(payment)
-            .map_err(|e| format!("payment {payment} not found by this operator's bitcoind: {e}"))?;
-        pays(&escrow.invoice, &tx).map_err(|e| e.to_string())?;
+        let (tx, block) = self.rpc.raw_tx(payment).map_err(|e| {
+            rpc_error(&e, |e| {
+                format!("payment {payment} not found by this operator's bitcoind: {e}")
+            })
+        })?;
+        pays(&escrow.invoice, &tx).map_err(refused)?;
         let height = match block {
-            Some(b) => Some(self.rpc.block_height(&b).map_err(|e| e.to_string())?),
+            Some(b) => Some(
+                self.rpc
+                    .block_height(&b)
+                    .map_err(|e| rpc_error(&e, |e| e.to_string()))?,
+            ),
             None => None,
         };
-        let tip = self.rpc.block_count().map_err(|e| e.to_string())? as u32;
+        let tip = self
+            .rpc
+            .block_count()
+            .map_err(|e| rpc_error(&e, |e| e.to_string()))? as u32;
         settle_allowed(
             escrow.invoice.deadline_height,
             height,
             tip,
             self.confirmations,
         )
-        .map_err(|e| e.to_string())
+        .map_err(refused)
     }
 
-    fn check_expire(&self, escrow: &Escrow) -> Result<(), String> {
+    fn check_expire(&self, escrow: &Escrow) -> Result<(), PaymentError> {
         let deadline = escrow.invoice.deadline_height;
-        let tip = self.rpc.block_count().map_err(|e| e.to_string())? as u32;
-        expire_allowed(deadline, tip, self.confirmations, None).map_err(|e| e.to_string())?;
+        let tip = self
+            .rpc
+            .block_count()
+            .map_err(|e| rpc_error(&e, |e| e.to_string()))? as u32;
+        expire_allowed(deadline, tip, self.confirmations, None).map_err(refused)?;
         // Look for a payment bound to this offer, confirmed by the deadline.
         for h in deadline.saturating_sub(MAX_ESCROW_BLOCKS)..=deadline.min(tip) {
-            let hash = self.rpc.block_hash(h.into()).map_err(|e| e.to_string())?;
-            let block = self.rpc.block(&hash).map_err(|e| e.to_string())?;
+            let hash = self
+                .rpc
+                .block_hash(h.into())
+                .map_err(|e| rpc_error(&e, |e| e.to_string()))?;
+            let block = self
+                .rpc
+                .block(&hash)
+                .map_err(|e| rpc_error(&e, |e| e.to_string()))?;
             for tx in &block.txdata {
                 if bindings_in(tx).contains(&escrow.offer) && pays(&escrow.invoice, tx).is_ok() {
                     return expire_allowed(deadline, tip, self.confirmations, Some(h))
-                        .map_err(|e| e.to_string());
+                        .map_err(refused);
                 }
             }
         }

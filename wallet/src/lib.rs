@@ -93,6 +93,20 @@ pub enum WalletError {
     Funds(String),
 }
 
+impl WalletError {
+    /// Whether bitcoind could not answer at all (down, unreachable, or still starting), as
+    /// opposed to answering no.
+    pub fn is_unavailable(&self) -> bool {
+        use bitcoincore_rpc::jsonrpc::error::Error as J;
+        match self {
+            Self::Rpc(bitcoincore_rpc::Error::JsonRpc(J::Transport(_))) => true,
+            // RPC_IN_WARMUP: bitcoind is loading.
+            Self::Rpc(bitcoincore_rpc::Error::JsonRpc(J::Rpc(e))) => e.code == -28,
+            _ => false,
+        }
+    }
+}
+
 fn bdk<E: std::fmt::Display>(e: E) -> WalletError {
     WalletError::Bdk(e.to_string())
 }

@@ -134,7 +134,7 @@ pub enum Input {
         /// Its hash.
         hash: EventHash,
         /// The verdict.
-        result: Result<(), String>,
+        result: Result<(), crate::payments::PaymentError>,
     },
 }
 
@@ -495,10 +495,15 @@ impl Engine {
         answer
     }
 
-    fn payment_checked(&mut self, event: Event, hash: EventHash, result: Result<(), String>) {
+    fn payment_checked(
+        &mut self,
+        event: Event,
+        hash: EventHash,
+        result: Result<(), crate::payments::PaymentError>,
+    ) {
         let replies = self.payment_checks.remove(&hash).unwrap_or_default();
         let outcome = result
-            .map_err(|m| Rejection::new("payment_invalid", m))
+            .map_err(|e| Rejection::new(e.code(), e.to_string()))
             .and_then(|()| self.validate(&event, hash));
         match outcome {
             Ok((subject, height)) => {
