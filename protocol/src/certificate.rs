@@ -236,7 +236,8 @@ pub struct Certificate {
 impl Certificate {
     /// Builds a certificate from attestations of the commit vote `vote` (already verified by
     /// the caller), keeping the
-    /// `m` of lowest operator index so that every operator that holds the same attestations
+    /// `m` of lowest operator index, each with its canonical path
+    /// ([`InclusionProof::canonical`]), so that every operator that holds the same attestations
     /// builds byte-identical certificates.
     pub fn assemble(
         federation: &Federation,
@@ -260,7 +261,14 @@ impl Certificate {
         Ok(Self {
             event: vote.event,
             round: vote.round,
-            attestations: by_index.into_iter().take(need).map(|(_, a)| a).collect(),
+            attestations: by_index
+                .into_iter()
+                .take(need)
+                .map(|(_, a)| Attestation {
+                    path: a.path.canonical(),
+                    ..a
+                })
+                .collect(),
         })
     }
 

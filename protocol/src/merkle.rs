@@ -92,6 +92,31 @@ impl InclusionProof {
             .map_err(|_| MerkleError::Unprovable)
     }
 
+    /// The same proof with the smallest tree size that gives the leaf the same path (and so
+    /// the same root). A proof's `total` is only pinned where something signed fixes it (a
+    /// checkpoint's event count); where nothing does (a vote batch), trees of different sizes
+    /// can share a path — leaf 2 of 5 leaves and of 7 — and this form makes such proofs
+    /// byte-identical. Proofs without a valid shape are returned unchanged.
+    pub fn canonical(&self) -> InclusionProof {
+        let Some(shape) = path_shape(self.index, self.total) else {
+            return self.clone();
+        };
+        // Trees with the same number of levels: (2^(L-1), 2^L], and at least index + 1 leaves.
+        let levels = shape.len() as u32;
+        let low = if levels == 0 {
+            1
+        } else {
+            (1u32 << (levels - 1)) + 1
+        };
+        let total = (low.max(self.index + 1)..self.total)
+            .find(|t| path_shape(self.index, *t).as_ref() == Some(&shape))
+            .unwrap_or(self.total);
+        InclusionProof {
+            total,
+            ..self.clone()
+        }
+    }
+
     /// Whether `leaf` is included under `root`.
     pub fn verify(&self, leaf: &[u8; 32], root: &MerkleRoot) -> Result<(), MerkleError> {
         if self.root(leaf)? == *root {
@@ -188,6 +213,42 @@ mod tests {
     use super::*;
     use crate::hash::sha256;
     use proptest::prelude::*;
+
+    #[test]
+    fn canonical_proofs_keep_the_root_and_erase_the_tree_size() {
+        // Leaf 2 has the same path in trees of 5 and 7 leaves.
+        let seven = Tree::new(&leaves(7)).unwrap();
+        let mut p = seven.proof(2).unwrap();
+        assert_eq!(p.canonical().total, 5);
+        p.total = 6;
+        let five = p.canonical();
+        assert_eq!(five.total, 5);
+        assert_eq!(five.root(&leaves(7)[2]), Ok(seven.root()));
+        for n in 1..=70u32 {
+            let tree = Tree::new(&leaves(n)).unwrap();
+            for i in 0..n {
+                let p = tree.proof(i).unwrap();
+                let c = p.canonical();
+                assert!(c.total <= n);
+                assert_eq!(
+                    c.root(&leaves(n)[i as usize]),
+                    Ok(tree.root()),
+                    "{i} of {n}"
+                );
+                assert_eq!(c.canonical(), c, "canonical is a fixed point");
+                // Every size with the same path has the same canonical form.
+                for t in i + 1..=n {
+                    let q = InclusionProof {
+                        total: t,
+                        ..p.clone()
+                    };
+                    if path_shape(i, t) == path_shape(i, n) {
+                        assert_eq!(q.canonical(), c, "{i} of {t} and of {n}");
+                    }
+                }
+            }
+        }
+    }
 
     fn leaves(n: u32) -> Vec<[u8; 32]> {
         (0..n).map(|i| sha256(&i.to_be_bytes())).collect()

@@ -824,9 +824,13 @@ fn every_single_bit_flip_of_a_certified_event_is_rejected_or_only_resizes_a_path
             Ok(m) if m == ce => {}
             Ok(m) if m.verify(&w.fed).is_err() => rejected += 1,
             Ok(m) => {
-                // Known malleability: an attestation path's `total` (the batch's leaf count) is
-                // not signed, and trees of different sizes can give a leaf the same path. What
-                // was attested (event, round, signers, signatures, path) cannot change.
+                // An attestation path's `total` (the batch's leaf count) is not signed, and trees
+                // of different sizes can give a leaf the same path. What was attested (event,
+                // round, signers, signatures, path) cannot change, and the canonical form that
+                // operators store erases the difference.
+                let canonical =
+                    Certificate::assemble(&w.fed, votes[2], m.certificate.attestations.clone());
+                assert_eq!(canonical.as_ref(), Ok(&ce.certificate));
                 let only_total = m.event == ce.event
                     && m.certificate.rank(&w.fed) == ce.certificate.rank(&w.fed)
                     && m.certificate

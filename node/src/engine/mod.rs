@@ -838,21 +838,17 @@ impl Engine {
         Ok(())
     }
 
-    /// `certificate` with the commit votes for it this operator collected merged in, in canonical
-    /// form: the certificate that was gossiped to us may hold a different set than ours.
+    /// `certificate` in canonical form ([`Certificate::assemble`]) with the commit votes for it
+    /// this operator collected merged in: the certificate that was gossiped to us may hold a
+    /// different set than ours, or paths with another (unsigned) tree size.
     fn with_collected_votes(&self, certificate: &Certificate) -> Certificate {
-        let Some(atts) = self
+        let collected = self
             .commit_atts
             .get(&(certificate.event, certificate.round))
-        else {
-            return certificate.clone();
-        };
+            .into_iter()
+            .flat_map(|atts| atts.values());
         let vote = Vote::commit(certificate.event, certificate.round);
-        let all = certificate
-            .attestations
-            .iter()
-            .chain(atts.values())
-            .cloned();
+        let all = certificate.attestations.iter().chain(collected).cloned();
         Certificate::assemble(&self.cfg.federation, vote, all)
             .unwrap_or_else(|_| certificate.clone())
     }
