@@ -97,7 +97,11 @@ pub struct History {
 }
 
 impl Api {
-    async fn submit(self, wait: WaitQuery, body: warp::hyper::body::Bytes) -> Response {
+    async fn submit(
+        self: std::sync::Arc<Self>,
+        wait: WaitQuery,
+        body: warp::hyper::body::Bytes,
+    ) -> Response {
         let event: Event = match serde_json::from_slice(&body) {
             Ok(e) => e,
             Err(e) => return error(StatusCode::BAD_REQUEST, "malformed_json", e),
@@ -442,6 +446,7 @@ async fn recover(err: Rejection) -> Result<Response, Infallible> {
 
 /// The `/v1` routes.
 pub fn routes(api: Api) -> warp::filters::BoxedFilter<(Response,)> {
+    let api = std::sync::Arc::new(api);
     let with = move || {
         let api = api.clone();
         warp::any().map(move || api.clone())
@@ -452,49 +457,49 @@ pub fn routes(api: Api) -> warp::filters::BoxedFilter<(Response,)> {
         .and(warp::query::<WaitQuery>())
         .and(warp::body::content_length_limit(MAX_BODY_BYTES))
         .and(warp::body::bytes())
-        .then(|api: Api, q: WaitQuery, body| api.submit(q, body));
+        .then(|api: std::sync::Arc<Api>, q: WaitQuery, body| api.submit(q, body));
     let item = warp::path!("v1" / "items" / String)
         .and(warp::get())
         .and(with())
-        .map(|id: String, api: Api| api.item(&id));
+        .map(|id: String, api: std::sync::Arc<Api>| api.item(&id));
     let history = warp::path!("v1" / "items" / String / "history")
         .and(warp::get())
         .and(with())
-        .map(|id: String, api: Api| api.history(&id));
+        .map(|id: String, api: std::sync::Arc<Api>| api.history(&id));
     let manufacturer = warp::path!("v1" / "manufacturers" / String)
         .and(warp::get())
         .and(with())
-        .map(|id: String, api: Api| api.manufacturer(&id));
+        .map(|id: String, api: std::sync::Arc<Api>| api.manufacturer(&id));
     let offer = warp::path!("v1" / "offers" / String)
         .and(warp::get())
         .and(with())
-        .map(|id: String, api: Api| api.offer(&id));
+        .map(|id: String, api: std::sync::Arc<Api>| api.offer(&id));
     let event = warp::path!("v1" / "events" / String)
         .and(warp::get())
         .and(with())
-        .map(|h: String, api: Api| api.event(&h));
+        .map(|h: String, api: std::sync::Arc<Api>| api.event(&h));
     let log = warp::path!("v1" / "log")
         .and(warp::get())
         .and(with())
         .and(warp::query::<LogQuery>())
-        .map(|api: Api, q: LogQuery| api.log(&q));
+        .map(|api: std::sync::Arc<Api>, q: LogQuery| api.log(&q));
     let proof = warp::path!("v1" / "items" / String / "proof")
         .and(warp::get())
         .and(with())
-        .map(|id: String, api: Api| api.proof(&id));
+        .map(|id: String, api: std::sync::Arc<Api>| api.proof(&id));
     let checkpoints = warp::path!("v1" / "checkpoints")
         .and(warp::get())
         .and(with())
         .and(warp::query::<LogQuery>())
-        .map(|api: Api, q: LogQuery| api.checkpoints(&q));
+        .map(|api: std::sync::Arc<Api>, q: LogQuery| api.checkpoints(&q));
     let info = warp::path!("v1" / "info")
         .and(warp::get())
         .and(with())
-        .map(|api: Api| api.info());
+        .map(|api: std::sync::Arc<Api>| api.info());
     let health = warp::path!("v1" / "health")
         .and(warp::get())
         .and(with())
-        .map(|api: Api| api.health());
+        .map(|api: std::sync::Arc<Api>| api.health());
     let inner = submit
         .or(history)
         .unify()

@@ -166,9 +166,9 @@ pub async fn start(
                         }
                     }
                     P2pEvent::Request { data, reply, .. } => {
-                        let store = store.clone();
+                        let (store, federation) = (store.clone(), federation.clone());
                         tokio::task::spawn_blocking(move || {
-                            let _ = reply.send(engine::serve_rpc(&store, &data));
+                            let _ = reply.send(engine::serve_rpc(&store, &federation, &data));
                         });
                     }
                     P2pEvent::PeerConnected(p) => {

@@ -340,6 +340,29 @@ impl Store {
         Ok(out)
     }
 
+    /// Log entries `[from, from + limit)` as event hashes with their certificates (no events
+    /// decoded: what catch-up compares).
+    pub fn log_certificates(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<Certificate>, StoreError> {
+        let mut out = Vec::new();
+        let iter = self.db.iterator_cf(
+            self.cf(Column::Log),
+            IteratorMode::From(&from.to_be_bytes(), rocksdb::Direction::Forward),
+        );
+        for kv in iter.take(limit) {
+            let (_, v) = kv?;
+            if let Ok(h) = <[u8; 32]>::try_from(v.as_ref()) {
+                if let Some(c) = self.certificate(&EventHash(h))? {
+                    out.push(c);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// This operator's votes at a slot.
     pub fn own_votes(&self, subject: &Subject, height: u64) -> Result<OwnVotes, StoreError> {
         Ok(self
@@ -582,6 +605,8 @@ mod tests {
         assert_eq!(s.next_height(&subject).unwrap(), 1);
         assert_eq!(s.own_votes(&subject, 0).unwrap().prevotes, vec![(0, hash)]);
         assert_eq!(s.log_range(0, 10).unwrap().len(), 1);
+        assert_eq!(s.log_certificates(0, 10).unwrap().len(), 1);
+        assert_eq!(s.log_certificates(1, 10).unwrap().len(), 0);
     }
 
     #[test]

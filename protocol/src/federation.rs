@@ -138,13 +138,14 @@ pub struct FederationParams {
     pub fees: FeeSchedule,
 }
 
-/// A validated federation, with its id and its operators' ids computed once.
+/// A validated federation, with its id and its operators' ids computed once. Cheap to clone
+/// (shared), as every task of an operator holds one.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "FederationParams", into = "FederationParams")]
 pub struct Federation {
-    params: FederationParams,
+    params: std::sync::Arc<FederationParams>,
     id: FederationId,
-    operator_ids: Vec<OperatorId>,
+    operator_ids: std::sync::Arc<[OperatorId]>,
 }
 
 impl TryFrom<FederationParams> for Federation {
@@ -156,7 +157,7 @@ impl TryFrom<FederationParams> for Federation {
 
 impl From<Federation> for FederationParams {
     fn from(f: Federation) -> Self {
-        f.params
+        std::sync::Arc::unwrap_or_clone(f.params)
     }
 }
 
@@ -192,9 +193,9 @@ impl Federation {
         }
         let id = FederationId(tagged_hash(tags::FEDERATION_ID, &[&encode(&params)]));
         Ok(Self {
-            params,
+            params: params.into(),
             id,
-            operator_ids,
+            operator_ids: operator_ids.into(),
         })
     }
 

@@ -19,11 +19,11 @@ impl PublicKey {
         self.0.serialize()
     }
 
-    /// Parses a 33-byte compressed key.
+    /// Parses a 33-byte compressed key. Decompressing a key (a field square root, about as
+    /// costly as a tenth of a signature check) is memoised: an operator decodes the same keys
+    /// many times (every stored event and item state names them).
     pub fn from_bytes(b: &[u8; 33]) -> Result<Self, KeyError> {
-        secp256k1::PublicKey::from_slice(b)
-            .map(Self)
-            .map_err(|_| KeyError::InvalidPublicKey)
+        parsed_keys::get_or_parse(b).map(Self)
     }
 
     /// The underlying library key.
@@ -95,6 +95,40 @@ impl<'de> Deserialize<'de> for PublicKey {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let b = bytes::deserialize::<D, 33>(d)?;
         Self::from_bytes(&b).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A bounded memo of decompressed public keys (only valid keys are kept; it is emptied when it
+/// reaches [`parsed_keys::CAPACITY`], so it never grows past that).
+mod parsed_keys {
+    use bitcoin::secp256k1;
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+
+    use super::KeyError;
+
+    /// Most keys kept.
+    pub const CAPACITY: usize = 1 << 16;
+
+    type Memo = Mutex<HashMap<[u8; 33], secp256k1::PublicKey>>;
+
+    fn memo() -> &'static Memo {
+        static MEMO: OnceLock<Memo> = OnceLock::new();
+        MEMO.get_or_init(|| Mutex::new(HashMap::new()))
+    }
+
+    pub fn get_or_parse(b: &[u8; 33]) -> Result<secp256k1::PublicKey, KeyError> {
+        // A poisoned lock only means another thread panicked mid-insert: the map is still sound.
+        if let Some(k) = memo().lock().unwrap_or_else(|e| e.into_inner()).get(b) {
+            return Ok(*k);
+        }
+        let k = secp256k1::PublicKey::from_slice(b).map_err(|_| KeyError::InvalidPublicKey)?;
+        let mut m = memo().lock().unwrap_or_else(|e| e.into_inner());
+        if m.len() >= CAPACITY {
+            m.clear();
+        }
+        m.insert(*b, k);
+        Ok(k)
     }
 }
 
@@ -246,5 +280,27 @@ mod tests {
         let mut bad = pk.to_bytes();
         bad[0] = 0x04;
         assert_eq!(PublicKey::from_bytes(&bad), Err(KeyError::InvalidPublicKey));
+    }
+
+    #[test]
+    fn memoised_parsing_gives_the_library_key_and_never_accepts_an_invalid_one() {
+        for i in 0..50u8 {
+            let pk = key(100 + u32::from(i)).public_key();
+            let lib = secp256k1::PublicKey::from_slice(&pk.to_bytes()).unwrap();
+            // First parse fills the memo, the second comes from it: both are the library's key.
+            assert_eq!(PublicKey::from_bytes(&pk.to_bytes()).unwrap().inner(), &lib);
+            assert_eq!(PublicKey::from_bytes(&pk.to_bytes()).unwrap().inner(), &lib);
+            // x with no point on the curve (x = 5 has no square root of x^3 + 7): refused every
+            // time, so never memoised.
+            let mut off_curve = [0u8; 33];
+            off_curve[0] = 0x02 + (i % 2);
+            off_curve[32] = 5;
+            for _ in 0..2 {
+                assert_eq!(
+                    PublicKey::from_bytes(&off_curve),
+                    Err(KeyError::InvalidPublicKey)
+                );
+            }
+        }
     }
 }

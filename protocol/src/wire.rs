@@ -7,6 +7,8 @@ use crate::{BatchVote, CertifiedEvent, Event, EventHash, Subject};
 
 /// Largest number of certified events in one catch-up response.
 pub const MAX_CATCHUP_EVENTS: usize = 1024;
+/// Largest number of log entries (hashes) in one catch-up response.
+pub const MAX_CATCHUP_LOG: usize = 4096;
 
 /// A gossip message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,7 +43,9 @@ pub struct Proposal {
 /// A catch-up request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Rpc {
-    /// Entries `[from, from + limit)` of the responder's log.
+    /// Entries `[from, from + limit)` of the responder's log, as [`LogEntry`]s (hashes and
+    /// who certified them): the asker then fetches with [`Rpc::Events`] only the events it
+    /// lacks or holds with a certificate that ranks after the responder's.
     LogRange {
         /// First position.
         from: u64,
@@ -78,4 +82,28 @@ pub struct RpcResponse {
     pub next_checkpoint: u64,
     /// Final checkpoints asked for.
     pub checkpoints: Vec<FinalCheckpoint>,
+    /// Log entries asked for ([`Rpc::LogRange`]).
+    pub log: Vec<LogEntry>,
+}
+
+/// One entry of an operator's log: a certified event's hash and the rank of the certificate the
+/// operator holds for it ([`crate::Certificate::rank`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// The event.
+    pub event: EventHash,
+    /// The round of its certificate.
+    pub round: u32,
+    /// The signers' operator indices, ascending.
+    pub signers: Vec<u32>,
+}
+
+impl LogEntry {
+    /// The rank this entry claims, comparable with [`crate::Certificate::rank`].
+    pub fn rank(&self) -> (u32, Vec<usize>) {
+        (
+            self.round,
+            self.signers.iter().map(|&i| i as usize).collect(),
+        )
+    }
 }

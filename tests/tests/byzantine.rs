@@ -10,7 +10,7 @@ use anyhow::{ensure, Context, Result};
 use hallmark_node::client::{Author, Client};
 use hallmark_p2p::{Command, P2pConfig, P2pEvent, P2pHandle};
 use hallmark_protocol::encoding::encode;
-use hallmark_protocol::wire::{Gossip, Rpc, RpcResponse};
+use hallmark_protocol::wire::{Gossip, LogEntry, Rpc, RpcResponse};
 use hallmark_protocol::{
     BatchVote, Certificate, CertifiedEvent, EventHash, EventKind, ItemId, ManufacturerId,
     SigningKey, Vote,
@@ -132,8 +132,15 @@ async fn a_byzantine_operator_fools_nobody_and_is_disconnected() -> Result<()> {
     let att = BatchVote::sign(&key3, h.federation.id(), vec![vote])?
         .attestation(0)
         .context("attestation")?;
+    // Its log names the fake event (honest operators then fetch it by hash: it answers every
+    // request with the same response, so they get the forged certified event).
     let forged = RpcResponse {
         log_len: 1,
+        log: vec![LogEntry {
+            event: fake_mint.hash(),
+            round: 0,
+            signers: vec![3, 3, 3],
+        }],
         events: vec![CertifiedEvent {
             event: fake_mint.clone(),
             certificate: Certificate {

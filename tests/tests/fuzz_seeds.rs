@@ -8,7 +8,7 @@ use hallmark_protocol::checkpoint::{ProofBundle, ProvenEvent};
 use hallmark_protocol::encoding::encode;
 use hallmark_protocol::invoice::compute_invoice;
 use hallmark_protocol::testkit::{body, certify, federation, key, operator_key, script};
-use hallmark_protocol::wire::{Gossip, Rpc, RpcResponse};
+use hallmark_protocol::wire::{Gossip, LogEntry, Rpc, RpcResponse};
 use hallmark_protocol::{
     BatchVote, CertifiedEvent, EventHash, EventKind, ItemId, ManufacturerId, OfferId, Subject, Vote,
 };
@@ -158,6 +158,14 @@ fn write_fuzz_seeds() {
             events: history.clone(),
             next_checkpoint: 0,
             checkpoints: Vec::new(),
+            log: history
+                .iter()
+                .map(|ce| LogEntry {
+                    event: ce.certificate.event,
+                    round: ce.certificate.round,
+                    signers: vec![0, 1, 2],
+                })
+                .collect(),
         }),
     );
     let bundle = ProofBundle {

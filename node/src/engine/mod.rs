@@ -30,7 +30,9 @@ use crate::anchoring::{AnchorCmd, ChainEvent};
 use crate::metrics;
 use crate::payments::{PaymentAdapter, MAX_ESCROW_BLOCKS};
 use crate::store::{slot_key, FinalCheckpoint, StateChange, Store, StoreError};
-use crate::wire::{Gossip, Proposal, Rpc, RpcResponse, MAX_CATCHUP_EVENTS};
+use crate::wire::{
+    Gossip, LogEntry, Proposal, Rpc, RpcResponse, MAX_CATCHUP_EVENTS, MAX_CATCHUP_LOG,
+};
 
 /// Inputs queued to the event loop.
 pub const INPUT_QUEUE: usize = 8192;
@@ -802,9 +804,12 @@ impl Engine {
             event: ev.clone(),
             certificate,
         };
-        // Every operator assembles certificates from the commit votes it sees; the one a client
-        // submitted the event to also gossips it, for operators that missed votes.
-        if self.waiters.contains_key(&event) {
+        // Every operator assembles certificates from the commit votes it sees. When the slot
+        // needed more than one round (votes were lost or late), the operator a client submitted
+        // the event to also gossips the certificate. Otherwise an operator that missed votes
+        // finds the event in a peer's log at its next catch-up (every tick, round robin): sending
+        // every certificate to everyone would double the gossip for nothing in the common case.
+        if round > 0 && self.waiters.contains_key(&event) {
             self.out_certs.push(ce.clone());
         }
         self.on_certified(ce)
@@ -1040,6 +1045,9 @@ impl Engine {
         metrics::STORE_BYTES.set(self.cfg.store.size_on_disk() as i64);
     }
 
+    /// Reads the next stretch of `peer`'s log (hashes and certificate ranks only), fetches the
+    /// events this operator lacks or holds with a worse-ranked certificate, and feeds them back
+    /// verified as [`Input::CaughtUp`].
     fn request_catchup(&mut self, peer: PeerId) {
         if !self.catching_up.insert(peer) {
             return;
@@ -1053,29 +1061,52 @@ impl Engine {
         tokio::spawn(async move {
             let rpc = Rpc::LogRange {
                 from,
-                limit: MAX_CATCHUP_EVENTS as u32,
+                limit: MAX_CATCHUP_LOG as u32,
             };
-            let (log_len, returned, events) = match ask(&p2p, &federation, &store, peer, &rpc).await
-            {
-                Some((r, returned)) => {
-                    if r.next_checkpoint > our_next_checkpoint {
-                        fetch_checkpoints(
-                            &p2p,
-                            &inputs,
-                            &federation,
-                            &store,
-                            peer,
-                            our_next_checkpoint,
-                        )
-                        .await;
+            let (mut log_len, mut returned, mut events) = (0, 0, Vec::new());
+            if let Some(r) = request(&p2p, peer, &rpc).await {
+                if r.next_checkpoint > our_next_checkpoint {
+                    fetch_checkpoints(
+                        &p2p,
+                        &inputs,
+                        &federation,
+                        &store,
+                        peer,
+                        our_next_checkpoint,
+                    )
+                    .await;
+                }
+                let (fed, st) = (federation.clone(), store.clone());
+                let log = r.log;
+                let n = log.len().min(MAX_CATCHUP_LOG) as u64;
+                let wanted = tokio::task::spawn_blocking(move || {
+                    log.iter()
+                        .take(MAX_CATCHUP_LOG)
+                        .filter(|e| wants(&st, &fed, e))
+                        .map(|e| e.event)
+                        .collect::<Vec<_>>()
+                })
+                .await
+                .unwrap_or_default();
+                let mut complete = true;
+                for chunk in wanted.chunks(MAX_CATCHUP_EVENTS) {
+                    let rpc = Rpc::Events {
+                        hashes: chunk.to_vec(),
+                    };
+                    match ask(&p2p, &federation, &store, peer, &rpc).await {
+                        Some((r, _)) => events.extend(r.events),
+                        None => {
+                            complete = false;
+                            break;
+                        }
                     }
-                    (r.log_len, returned, r.events)
                 }
-                None => {
-                    debug!(%peer, "catch-up request failed");
-                    (0, 0, Vec::new())
+                if complete {
+                    (log_len, returned) = (r.log_len, n);
                 }
-            };
+            } else {
+                debug!(%peer, "catch-up request failed");
+            }
             let _ = inputs
                 .send(Input::CaughtUp {
                     peer,
@@ -1260,12 +1291,7 @@ async fn ask(
     peer: PeerId,
     rpc: &Rpc,
 ) -> Option<(RpcResponse, u64)> {
-    let bytes = p2p.request(peer, encode(rpc)).await.ok()?;
-    let Ok(mut r) = hallmark_protocol::decode::<RpcResponse>(&bytes) else {
-        warn!(%peer, "undecodable catch-up response");
-        let _ = p2p.send(Command::Offence(peer)).await;
-        return None;
-    };
+    let mut r = request(p2p, peer, rpc).await?;
     let returned = r.events.len() as u64;
     let (events, fed, store) = (
         std::mem::take(&mut r.events),
@@ -1295,6 +1321,27 @@ async fn ask(
     Some((r, returned))
 }
 
+/// Sends `rpc` to `peer` and decodes the response (an undecodable one counts against the peer).
+async fn request(p2p: &P2pHandle, peer: PeerId, rpc: &Rpc) -> Option<RpcResponse> {
+    let bytes = p2p.request(peer, encode(rpc)).await.ok()?;
+    let Ok(r) = hallmark_protocol::decode::<RpcResponse>(&bytes) else {
+        warn!(%peer, "undecodable catch-up response");
+        let _ = p2p.send(Command::Offence(peer)).await;
+        return None;
+    };
+    Some(r)
+}
+
+/// Whether a peer's log entry names an event this operator lacks, or holds with a certificate
+/// that ranks after the peer's (then the peer's is fetched, checked and kept).
+fn wants(store: &Store, federation: &Federation, entry: &LogEntry) -> bool {
+    match store.certificate(&entry.event) {
+        Ok(Some(ours)) => entry.rank() < ours.rank(federation),
+        Ok(None) => true,
+        Err(_) => false,
+    }
+}
+
 /// Whether this operator already holds `ce`'s event certified (then its certificate need not be
 /// checked again: certificate checks are the bulk of an operator's CPU).
 fn holds(store: &Store, federation: &Federation, ce: &CertifiedEvent) -> bool {
@@ -1306,7 +1353,7 @@ fn holds(store: &Store, federation: &Federation, ce: &CertifiedEvent) -> bool {
 }
 
 /// Answers a catch-up request from the store (called off the event loop).
-pub fn serve_rpc(store: &Store, request: &[u8]) -> Vec<u8> {
+pub fn serve_rpc(store: &Store, federation: &Federation, request: &[u8]) -> Vec<u8> {
     let log_len = store.log_len().unwrap_or(0);
     let next_checkpoint = store.next_checkpoint().unwrap_or(0);
     let mut resp = RpcResponse {
@@ -1314,12 +1361,23 @@ pub fn serve_rpc(store: &Store, request: &[u8]) -> Vec<u8> {
         events: Vec::new(),
         next_checkpoint,
         checkpoints: Vec::new(),
+        log: Vec::new(),
     };
     match hallmark_protocol::decode::<Rpc>(request) {
         Ok(Rpc::LogRange { from, limit }) => {
-            resp.events = store
-                .log_range(from, (limit as usize).min(MAX_CATCHUP_EVENTS))
-                .unwrap_or_default();
+            resp.log = store
+                .log_certificates(from, (limit as usize).min(MAX_CATCHUP_LOG))
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| {
+                    let (round, signers) = c.rank(federation);
+                    LogEntry {
+                        event: c.event,
+                        round,
+                        signers: signers.into_iter().map(|i| i as u32).collect(),
+                    }
+                })
+                .collect();
         }
         Ok(Rpc::Chain {
             subject,
