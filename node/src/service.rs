@@ -74,6 +74,7 @@ pub async fn start(
                 .map(|p| (p.peer_id, p.address.clone()))
                 .collect(),
             topic: format!("hallmark/{}/v1", federation.id()),
+            gossip_limit: hallmark_p2p::MAX_GOSSIP_BYTES,
         },
         cancel.clone(),
     )

@@ -20,6 +20,11 @@ use hallmark_protocol::{
 use rocksdb::{ColumnFamily, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 use serde::{de::DeserializeOwned, Serialize};
 
+/// Memory all memtables together may use before they are flushed to disk.
+const MEMTABLE_BUDGET: usize = 64 << 20;
+/// The block cache shared by every column family.
+const BLOCK_CACHE_BYTES: usize = 32 << 20;
+
 /// Version of the on-disk layout; a store of another version is refused.
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -179,11 +184,19 @@ pub enum StateChange {
 impl Store {
     /// Opens (creating if needed) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        // Memory is bounded for the whole store, not per column family (15 of them): memtables
+        // share one write budget and tables one block cache.
         let mut opts = Options::default();
+        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        opts.set_db_write_buffer_size(MEMTABLE_BUDGET);
+        let mut tables = rocksdb::BlockBasedOptions::default();
+        tables.set_block_cache(&rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES));
+        opts.set_block_based_table_factory(&tables);
+        let columns =
+            Column::ALL.map(|c| rocksdb::ColumnFamilyDescriptor::new(c.name(), opts.clone()));
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
-        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        let db = DB::open_cf(&opts, dir, Column::ALL.map(Column::name))?;
+        let db = DB::open_cf_descriptors(&opts, dir, columns)?;
         let store = Self { db: Arc::new(db) };
         match store.get_raw(Column::Meta, META_SCHEMA)? {
             None => {

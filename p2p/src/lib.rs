@@ -59,6 +59,9 @@ pub struct P2pConfig {
     pub members: Vec<(PeerId, Multiaddr)>,
     /// Gossip topic (one per federation).
     pub topic: String,
+    /// Largest gossip message sent or accepted: [`MAX_GOSSIP_BYTES`] for an operator (tests of
+    /// a misbehaving member raise it so that it can send oversize messages).
+    pub gossip_limit: usize,
 }
 
 /// Requests to the swarm task.
@@ -168,7 +171,7 @@ struct Behaviour {
     ping: ping::Behaviour,
 }
 
-fn gossipsub_config() -> Result<gossipsub::Config, P2pError> {
+fn gossipsub_config(max_bytes: usize) -> Result<gossipsub::Config, P2pError> {
     // Tuned for a federation of 3-9 operators: the defaults (mesh 6/5/12) never form a mesh with
     // so few peers. Anonymous mode: every payload is signed by its author already; message ids are
     // content hashes so the same payload from two peers is one message.
@@ -184,7 +187,7 @@ fn gossipsub_config() -> Result<gossipsub::Config, P2pError> {
         .message_id_fn(|m: &gossipsub::Message| {
             MessageId::from(hallmark_protocol::hash::sha256(&m.data).to_vec())
         })
-        .max_transmit_size(MAX_GOSSIP_BYTES)
+        .max_transmit_size(max_bytes)
         .build()
         .map_err(|e| P2pError::Setup(e.to_string()))
 }
@@ -206,7 +209,7 @@ pub async fn spawn(
         .map_err(|e| P2pError::Setup(e.to_string()))?;
     let keypair: identity::Keypair = secp256k1::Keypair::from(sk).into();
     let local = keypair.public().to_peer_id();
-    let gs_config = gossipsub_config()?;
+    let gs_config = gossipsub_config(config.gossip_limit)?;
     let mut swarm = SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(
@@ -464,6 +467,12 @@ impl SwarmTask {
                 request_response::Message::Request {
                     request, channel, ..
                 } => {
+                    if request.is_empty() {
+                        warn!(%peer, "catch-up request empty or over the size limit");
+                        drop(channel);
+                        self.offence(peer);
+                        return true;
+                    }
                     if !self.conduct.allow_request(peer, Instant::now()) {
                         // Dropping the channel fails the request on the asker's side.
                         drop(channel);
@@ -492,14 +501,24 @@ impl SwarmTask {
             },
             SwarmEvent::Behaviour(BehaviourEvent::Catchup(
                 request_response::Event::OutboundFailure {
-                    request_id, error, ..
+                    peer,
+                    request_id,
+                    error,
+                    ..
                 },
             )) => {
+                if let request_response::OutboundFailure::Io(e) = &error {
+                    if codec::is_over_limit(e) {
+                        warn!(%peer, "catch-up response over the size limit");
+                        self.offence(peer);
+                    }
+                }
                 if let Some(tx) = self.pending.remove(&request_id) {
                     let _ = tx.send(Err(error.to_string()));
                 }
                 None
             }
+
             _ => None,
         };
         match out {

@@ -236,6 +236,13 @@ impl Harness {
         self.children[i].as_ref().map(Child::id)
     }
 
+    /// Resident memory of operator `i`, in MB (from `/proc`).
+    pub fn rss_mb(&self, i: usize) -> Result<f64> {
+        let pid = self.pid(i).context("operator is running")?;
+        let (_, kb) = hallmark_node::bench::proc_stat(pid).context("/proc readable")?;
+        Ok(kb as f64 / 1024.0)
+    }
+
     /// SIGKILL operator `i`.
     pub fn kill(&mut self, i: usize) -> Result<()> {
         self.signal(i, Signal::SIGKILL)

@@ -1,9 +1,11 @@
 //! A Byzantine operator: operator 3's process is replaced by a peer holding its real key that
-//! answers catch-up requests with forged histories, votes for two conflicting events, floods an
-//! operator with requests and gossips garbage. The three honest operators (a quorum of 3-of-4)
+//! answers catch-up requests with forged histories, votes for two conflicting events, sends
+//! oversize gossip, catch-up requests and responses, floods an operator with requests and gossips
+//! garbage. The three honest operators (a quorum of 3-of-4)
 //! must not be fooled, must record the double vote as evidence, must disconnect the bad peer,
 //! and must go on certifying.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
@@ -21,12 +23,17 @@ use tokio_util::sync::CancellationToken;
 const BIN: &str = env!("CARGO_BIN_EXE_hallmark-test-node");
 const WAIT: Duration = Duration::from_secs(10);
 const BYZANTINE: usize = 3;
+/// An oversize gossip message: over the 4 MiB every operator accepts.
+const OVERSIZE_GOSSIP: usize = hallmark_p2p::MAX_GOSSIP_BYTES + (1 << 20);
 
 /// Operator 3's identity on the network, driven by the test.
 struct Byzantine {
     p2p: P2pHandle,
     key: SigningKey,
     cancel: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    /// What it answers every catch-up request with.
+    answer: Arc<Mutex<Vec<u8>>>,
 }
 
 impl Drop for Byzantine {
@@ -40,8 +47,26 @@ impl Drop for Byzantine {
 async fn impersonate(h: &mut Harness, forged: RpcResponse) -> Result<Byzantine> {
     h.stop(BYZANTINE)?;
     let key = h.operator_key(BYZANTINE)?;
+    let answer = Arc::new(Mutex::new(encode(&forged)));
+    let (p2p, cancel, task) = connect(h, &key, answer.clone()).await?;
+    Ok(Byzantine {
+        p2p,
+        key,
+        cancel,
+        task,
+        answer,
+    })
+}
+
+/// Starts the Byzantine peer's network on operator 3's address and waits until the honest
+/// operators are connected to it.
+async fn connect(
+    h: &Harness,
+    key: &SigningKey,
+    answer: Arc<Mutex<Vec<u8>>>,
+) -> Result<(P2pHandle, CancellationToken, tokio::task::JoinHandle<()>)> {
     let cancel = CancellationToken::new();
-    let (p2p, mut events, _task) = hallmark_p2p::spawn(
+    let (p2p, mut events, task) = hallmark_p2p::spawn(
         P2pConfig {
             secret: key.secret_bytes(),
             listen: h.peers[BYZANTINE].address.clone(),
@@ -52,22 +77,41 @@ async fn impersonate(h: &mut Harness, forged: RpcResponse) -> Result<Byzantine> 
                 .map(|p| (p.peer_id, p.address.clone()))
                 .collect(),
             topic: format!("hallmark/{}/v1", h.federation.id()),
+            gossip_limit: OVERSIZE_GOSSIP + 1024,
         },
         cancel.clone(),
     )
     .await?;
-    let forged = encode(&forged);
     tokio::spawn(async move {
         while let Some(ev) = events.recv().await {
             if let P2pEvent::Request { reply, .. } = ev {
-                let _ = reply.send(forged.clone());
+                let bytes = answer.lock().expect("not poisoned").clone();
+                let _ = reply.send(bytes);
             }
         }
     });
     for i in 0..BYZANTINE {
         h.wait_connected(i, 3).await?;
     }
-    Ok(Byzantine { p2p, key, cancel })
+    Ok((p2p, cancel, task))
+}
+
+impl Byzantine {
+    /// Drops every connection and connects again (its gossip streams to peers that refused an
+    /// oversize message are stuck behind it).
+    async fn reconnect(&mut self, h: &Harness) -> Result<()> {
+        self.cancel.cancel();
+        (&mut self.task).await?;
+        for i in 0..BYZANTINE {
+            poll_until(WAIT, "the Byzantine peer gone", || async {
+                let info = h.client(i).info().await.ok()?;
+                (info["peers_connected"].as_i64()? == 2).then_some(())
+            })
+            .await?;
+        }
+        (self.p2p, self.cancel, self.task) = connect(h, &self.key, self.answer.clone()).await?;
+        Ok(())
+    }
 }
 
 /// Registers `maker` as a manufacturer.
@@ -154,7 +198,7 @@ async fn a_byzantine_operator_fools_nobody_and_is_disconnected() -> Result<()> {
     };
     let fake_item = ItemId::new(&ManufacturerId::of(&forger.key.public_key()), "FAKE-1");
     let log_len = c.info().await?["log_len"].clone();
-    let byz = impersonate(&mut h, forged).await?;
+    let mut byz = impersonate(&mut h, forged).await?;
 
     // 1. Forged catch-up responses are refused (and counted against the sender).
     poll_until(WAIT, "forged responses counted", || async {
@@ -222,7 +266,70 @@ async fn a_byzantine_operator_fools_nobody_and_is_disconnected() -> Result<()> {
         ensure!(h.client(i).event(&loser.hash()).await?.is_none());
     }
 
-    // 3. A request flood at operator 0: served up to its allowance (a burst of 200, then 50/s),
+    // 3. Oversize messages. Gossip over the 4 MiB limit is refused by every honest operator's
+    //    gossipsub codec from its length prefix (nothing is buffered; libp2p closes the stream
+    //    and reports nothing to count). Catch-up responses and requests over the 16 MiB limit are
+    //    refused by the request codec and counted as offences. The honest operators go on
+    //    certifying and their memory does not follow the sizes.
+    let offences = |i: usize| h.metric(i, "hallmark_p2p_offences_total");
+    let mut before = Vec::new();
+    let mut rss_before = Vec::new();
+    for i in 0..BYZANTINE {
+        before.push((i, offences(i).await?));
+        rss_before.push((i, h.rss_mb(i)?));
+    }
+    byz.p2p
+        .send(Command::Publish(vec![7; OVERSIZE_GOSSIP]))
+        .await?;
+    *byz.answer.lock().expect("not poisoned") = vec![0; hallmark_p2p::MAX_RPC_BYTES as usize + 1];
+    // Every honest operator asks each peer in turn for its log, so each soon gets one.
+    let logged = |i: usize, what: &str| {
+        std::fs::read_to_string(h.operator_dir(i).join("operator.log"))
+            .is_ok_and(|log| log.contains(what))
+    };
+    for &(i, before) in &before {
+        poll_until(WAIT, "an oversize catch-up response counted", || async {
+            let counted = offences(i).await.ok()? > before;
+            (counted && logged(i, "catch-up response over the size limit")).then_some(())
+        })
+        .await
+        .with_context(|| h.log_tail(i))?;
+    }
+    let op1 = h.peers[1].peer_id;
+    let counted = offences(1).await?;
+    let big_request = vec![0; hallmark_p2p::MAX_RPC_BYTES as usize + 1];
+    ensure!(
+        byz.p2p.request(op1, big_request).await.is_err(),
+        "an oversize request is not answered"
+    );
+    poll_until(WAIT, "an oversize catch-up request counted", || async {
+        let counted = offences(1).await.ok()? > counted;
+        (counted && logged(1, "catch-up request empty or over the size limit")).then_some(())
+    })
+    .await
+    .with_context(|| h.log_tail(1))?;
+    minted(&c, &maker, &owner, "SN-BIG").await?;
+    for &(i, before) in &rss_before {
+        let rss = h.rss_mb(i)?;
+        println!("operator {i}: RSS {before:.1} MB -> {rss:.1} MB");
+        // A response is read up to the 16 MiB limit before it is refused, a few at a time.
+        ensure!(
+            rss - before < 96.0,
+            "operator {i}'s memory grew with the oversize messages: {before:.1} MB -> {rss:.1} MB"
+        );
+    }
+    *byz.answer.lock().expect("not poisoned") = encode(&RpcResponse {
+        log_len: 0,
+        events: Vec::new(),
+        next_checkpoint: 0,
+        checkpoints: Vec::new(),
+        log: Vec::new(),
+    });
+    // The Byzantine peer's own gossip streams to the operators that refused its oversize message
+    // are stuck behind it: it starts over with new connections.
+    byz.reconnect(&h).await?;
+
+    // 4. A request flood at operator 0: served up to its allowance (a burst of 200, then 50/s),
     //    then refused; the flooder is disconnected. The flooder can only send as fast as the
     //    operator answers (at most 100 streams in flight), so on a loaded machine one wave may
     //    not outrun the refill: it keeps flooding until banned (bounded).
@@ -244,7 +351,7 @@ async fn a_byzantine_operator_fools_nobody_and_is_disconnected() -> Result<()> {
     }
     ensure!(refused > 0, "some of the flood's requests are refused");
 
-    // 4. Garbage gossip: every honest operator rejects it and disconnects the sender.
+    // 5. Garbage gossip: every honest operator rejects it and disconnects the sender.
     for n in 0..40u32 {
         let mut junk = vec![0xff; 64];
         junk.extend_from_slice(&n.to_be_bytes());

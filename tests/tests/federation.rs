@@ -404,8 +404,9 @@ async fn sigkill_under_load_loses_nothing_and_never_double_votes() -> Result<()>
                         owner: owner.key.public_key(),
                     },
                 );
-                // Operators 0 and 1 stay up; 2 and 3 may be dead or restarting.
-                let c = &clients[k % 2];
+                // Any operator may be dead or restarting: a failed submission is simply not
+                // acknowledged, and the next one goes to the next operator.
+                let c = &clients[(w + k) % 4];
                 if let Ok(out) = c.submit(&ev, Duration::from_secs(10)).await {
                     if let Ok(ce) = out.certified() {
                         acked.push(ce.certificate.event);
@@ -441,7 +442,7 @@ async fn sigkill_under_load_loses_nothing_and_never_double_votes() -> Result<()>
                     },
                 );
                 k += 1;
-                let Ok(Ok(ce)) = clients[0]
+                let Ok(Ok(ce)) = clients[k % 4]
                     .submit(&ev, Duration::from_secs(10))
                     .await
                     .map(|o| o.certified())
@@ -478,7 +479,7 @@ async fn sigkill_under_load_loses_nothing_and_never_double_votes() -> Result<()>
             acked
         }));
     }
-    // Random victims (2 or 3) at random moments; HALLMARK_SOAK_ROUNDS=N for a longer run
+    // Random victims (any of the four) at random moments; HALLMARK_SOAK_ROUNDS=N for a longer run
     // (figures in docs/reliability.md). The seed is printed so a failing run can be replayed
     // with HALLMARK_SOAK_SEED.
     let rounds: u32 = std::env::var("HALLMARK_SOAK_ROUNDS")
@@ -502,7 +503,7 @@ async fn sigkill_under_load_loses_nothing_and_never_double_votes() -> Result<()>
         seed % n
     };
     for _ in 0..rounds {
-        let victim = 2 + next(2) as usize;
+        let victim = next(4) as usize;
         tokio::time::sleep(Duration::from_millis(100 + next(600))).await;
         h.kill(victim)?;
         tokio::time::sleep(Duration::from_millis(50 + next(500))).await;
@@ -598,6 +599,7 @@ async fn non_members_are_refused_and_counted() -> Result<()> {
             listen: "/ip4/127.0.0.1/tcp/0".parse()?,
             members: vec![(target.peer_id, target.address.clone())],
             topic: format!("hallmark/{}/v1", h.federation.id()),
+            gossip_limit: hallmark_p2p::MAX_GOSSIP_BYTES,
         },
         cancel.clone(),
     )

@@ -5,7 +5,6 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use hallmark_node::bench::proc_stat;
 use hallmark_protocol::{EventHash, EventKind};
 use hallmark_tests::Harness;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -86,13 +85,6 @@ async fn a_client_over_its_rate_is_refused_then_served_again() -> Result<()> {
     Ok(())
 }
 
-/// Resident memory of operator `i` in MB.
-fn rss_mb(h: &Harness, i: usize) -> Result<f64> {
-    let pid = h.pid(i).context("running")?;
-    let (_, kb) = proc_stat(pid).context("/proc readable")?;
-    Ok(kb as f64 / 1024.0)
-}
-
 /// Many concurrent clients sending garbage for `secs`: malformed JSON, oversize bodies, forged
 /// signatures, unknown ids, wrong routes. Returns how many requests were made.
 async fn flood(base: &str, secs: u64, forged: &str) -> Result<usize> {
@@ -155,9 +147,9 @@ async fn a_flood_of_bad_requests_changes_nothing_and_memory_levels_off() -> Resu
 
     let log_before = h.client(0).info().await?["log_len"].clone();
     let warm = flood(&base, 3, &forged).await?;
-    let rss_warm = rss_mb(&h, 0)?;
+    let rss_warm = h.rss_mb(0)?;
     let main = flood(&base, 6, &forged).await?;
-    let rss_after = rss_mb(&h, 0)?;
+    let rss_after = h.rss_mb(0)?;
     println!(
         "flood: {warm} requests warm-up, {main} more; RSS {rss_warm:.1} MB -> {rss_after:.1} MB"
     );
