@@ -212,6 +212,17 @@ impl Attestation {
             .path
             .root(&vote.leaf())
             .map_err(|e| CertificateError::BadPath(self.operator, e))?;
+        // The batch's size is not signed: only the canonical path is accepted, so nobody can
+        // re-encode a valid certificate (`Certificate::assemble` writes canonical paths).
+        let canonical = self.path.canonical().total;
+        if canonical != self.path.total {
+            let e = MerkleError::NotCanonical {
+                index: self.path.index,
+                total: self.path.total,
+                canonical,
+            };
+            return Err(CertificateError::BadPath(self.operator, e));
+        }
         let key = federation
             .operator(index)
             .expect("operator_index returns valid indices")

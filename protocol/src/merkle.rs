@@ -203,6 +203,17 @@ pub enum MerkleError {
     /// The proof leads to another root.
     #[error("proof leads to a different root")]
     RootMismatch,
+    /// A smaller tree gives the leaf the same path: where the tree size is not signed (vote
+    /// batches), only the smallest is accepted, so a certificate cannot be re-encoded.
+    #[error("leaf {index} has the same path in a tree of {canonical} leaves, not {total}")]
+    NotCanonical {
+        /// Index claimed.
+        index: u32,
+        /// Tree size claimed.
+        total: u32,
+        /// The smallest tree size with that path.
+        canonical: u32,
+    },
     /// Zero or too many leaves.
     #[error("a tree needs 1..={MAX_LEAVES} leaves, not {0}")]
     BadLeafCount(usize),

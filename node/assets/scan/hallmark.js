@@ -560,6 +560,22 @@ export function pathShape(index, total) {
   return steps;
 }
 
+/**
+ * `InclusionProof::canonical`'s tree size: the smallest with the same path for the leaf (trees
+ * of different sizes can share one, e.g. leaf 2 of 5 and of 7 leaves).
+ */
+export function canonicalTotal(index, total) {
+  const shape = pathShape(index, total);
+  if (!shape) return total;
+  const levels = shape.length;
+  const low = levels === 0 ? 1 : 2 ** (levels - 1) + 1;
+  const same = (a, b) => a !== null && a.length === b.length && a.every((x, k) => x === b[k]);
+  for (let t = Math.max(low, index + 1); t < total; t++) {
+    if (same(pathShape(index, t), shape)) return t;
+  }
+  return total;
+}
+
 /** `InclusionProof::root`: the root `proof` leads to from `leaf`; rejects malformed proofs. */
 export function inclusionRoot(proof, leaf) {
   const shape = pathShape(proof.index, proof.total);
@@ -618,6 +634,14 @@ export function verifyCertificate(federation, cert) {
       root = inclusionRoot(a.path, leaf);
     } catch (e) {
       throw certErr("bad_batch_path", `bad batch path from operator ${op}: ${e.message}`);
+    }
+    // The batch's size is not signed: only the canonical path is accepted (as operators do).
+    const canonical = canonicalTotal(a.path.index, a.path.total);
+    if (canonical !== a.path.total) {
+      throw certErr(
+        "bad_batch_path",
+        `bad batch path from operator ${op}: leaf ${a.path.index} has the same path in a tree of ${canonical} leaves, not ${a.path.total}`,
+      );
     }
     const key = federation.params.operators[index].key;
     if (!verifySignature(key, batchDigest(federation.id, root), a.signature)) {

@@ -396,6 +396,32 @@ test("malformed batch paths are rejected: wrong sibling count, index out of rang
   );
 });
 
+test("a batch path counts only in canonical form: the unsigned tree size cannot be re-encoded", async () => {
+  assert.equal(h.canonicalTotal(2, 7), 5); // leaf 2 has one path in trees of 5, 6 and 7 leaves
+  assert.equal(h.canonicalTotal(2, 5), 5);
+  assert.equal(h.canonicalTotal(0, 1), 1);
+  assert.equal(h.canonicalTotal(4, 8), 7); // leaf 4 of 5 or 6 is promoted, of 7 and 8 not
+  // Three operators each sign a batch of 5 votes holding the commit vote at leaf 2.
+  const fed = federation(3, 4);
+  const ev = await sign(body(fed, key(1), 0, new Uint8Array(32), { type: "RegisterManufacturer", name: "A" }), key(1));
+  const hash = h.eventHash(ev);
+  const leaf = h.voteLeaf(hash, 0);
+  const attestations = [];
+  for (const i of [0, 1, 2]) {
+    const siblings = [1, 2, 3].map((k) => sha256(Uint8Array.of(i, k)));
+    const path = { index: 2, total: 5, siblings };
+    const root = h.inclusionRoot(path, leaf);
+    const signature = await secp.signAsync(h.batchDigest(fed.id, root), operatorKey(i), { prehash: false });
+    attestations.push({ operator: fed.operatorIds[i], path, signature });
+  }
+  const cert = { event: hash, round: 0, attestations };
+  h.verifyCertificate(fed, cert);
+  // Leaf 2 of 7 has the same path to the same signed root, but only the smallest size counts.
+  const resized = { ...cert, attestations: cert.attestations.map((a, n) => (n === 1 ? { ...a, path: { ...a.path, total: 7 } } : a)) };
+  assert.equal(h.inclusionRoot(resized.attestations[1].path, leaf).join(), h.inclusionRoot(cert.attestations[1].path, leaf).join());
+  assert.throws(() => h.verifyCertificate(fed, resized), (e) => e.code === "bad_batch_path" && /same path in a tree of 5 leaves, not 7/.test(e.message));
+});
+
 test("a certificate for another event is rejected", () => {
   assertTampered(
     (j) => {
