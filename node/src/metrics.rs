@@ -18,6 +18,7 @@ metric!(REJECTED: IntCounterVec = register_int_counter_vec!("hallmark_events_rej
 metric!(EQUIVOCATIONS: IntCounter = register_int_counter!("hallmark_consensus_equivocations_total", "Operators seen voting for two events in one round"));
 metric!(CONFLICTING_CERTIFICATES: IntCounter = register_int_counter!("hallmark_consensus_conflicting_certificates_total", "Certified events that conflict with the local chain (should stay 0)"));
 metric!(PENDING_SLOTS: IntGauge = register_int_gauge!("hallmark_consensus_pending_slots", "Slots being voted on"));
+metric!(HELD_VOTES: IntGauge = register_int_gauge!("hallmark_consensus_held_votes", "Votes held in memory for events not decided here yet (commit attestations and early votes)"));
 metric!(VOTE_BATCH_SIZE: Histogram = register_histogram!("hallmark_consensus_vote_batch_size", "Votes per signed batch", vec![1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0]));
 metric!(HTTP_REQUESTS: IntCounterVec = register_int_counter_vec!("hallmark_http_requests_total", "HTTP requests by route and status", &["route", "status"]));
 metric!(HTTP_RATE_LIMITED: IntCounter = register_int_counter!("hallmark_http_rate_limited_total", "HTTP requests refused because their client exceeded its rate"));
@@ -48,6 +49,7 @@ pub fn register() {
     LazyLock::force(&EQUIVOCATIONS);
     LazyLock::force(&CONFLICTING_CERTIFICATES);
     LazyLock::force(&PENDING_SLOTS);
+    LazyLock::force(&HELD_VOTES);
     LazyLock::force(&VOTE_BATCH_SIZE);
     LazyLock::force(&HTTP_REQUESTS);
     LazyLock::force(&HTTP_RATE_LIMITED);

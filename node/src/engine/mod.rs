@@ -734,15 +734,21 @@ impl Engine {
             self.consider_proposal(p)?;
         }
         for (i, vote) in batch.votes().iter().enumerate() {
-            if vote.phase == Phase::Commit {
-                if let Some(att) = batch.attestation(i) {
-                    self.commit_atts
-                        .entry((vote.event, vote.round))
-                        .or_default()
-                        .insert(op, att);
+            // Commit votes are kept (for the certificate) while their event is undecided here;
+            // one for an event already certified can only improve the stored certificate.
+            let keep_commit = |engine: &mut Self| {
+                if vote.phase == Phase::Commit {
+                    if let Some(att) = batch.attestation(i) {
+                        engine
+                            .commit_atts
+                            .entry((vote.event, vote.round))
+                            .or_default()
+                            .insert(op, att);
+                    }
                 }
-            }
+            };
             if let Some(key) = self.slot_of(&vote.event) {
+                keep_commit(self);
                 let actions = self.slot_entry(key).slot.add_vote(op, *vote);
                 self.act(key, actions);
             } else if let Some(stored) = self.cfg.store.certificate(&vote.event)? {
@@ -751,6 +757,7 @@ impl Engine {
                     self.upgrade_certificate(&stored, vote.round, [att])?;
                 }
             } else if self.early_count < MAX_EARLY_VOTES {
+                keep_commit(self);
                 self.early_votes
                     .entry(vote.event)
                     .or_default()
@@ -1041,6 +1048,13 @@ impl Engine {
             self.early_votes.clear();
             self.early_count = 0;
         }
+        if self.commit_atts.len() > MAX_EARLY_VOTES {
+            // Commit votes for events that never became candidates here: drop them too.
+            let (candidates, checkpoints) = (&self.candidates, &self.cp_candidates);
+            self.commit_atts
+                .retain(|(e, _), _| candidates.contains_key(e) || checkpoints.contains_key(e));
+        }
+        metrics::HELD_VOTES.set((self.commit_atts.len() + self.early_count) as i64);
         metrics::PENDING_SLOTS.set(self.slots.len() as i64);
         metrics::STORE_BYTES.set(self.cfg.store.size_on_disk() as i64);
     }
@@ -1211,7 +1225,8 @@ impl Engine {
             let mut decided = Vec::new();
             for (i, v) in batch.votes().iter().enumerate() {
                 if v.phase == Phase::Commit {
-                    if let Some(att) = batch.attestation(i) {
+                    // (An event certified since the vote was cast needs it no more.)
+                    if let (Some(att), Some(_)) = (batch.attestation(i), self.slot_of(&v.event)) {
                         self.commit_atts
                             .entry((v.event, v.round))
                             .or_default()
