@@ -335,45 +335,37 @@ impl Store {
         self.get(Column::Offers, &id.0)
     }
 
-    /// Log entries `[from, from + limit)`.
-    pub fn log_range(&self, from: u64, limit: usize) -> Result<Vec<CertifiedEvent>, StoreError> {
-        let mut out = Vec::new();
+    /// The event hashes at log positions `[from, from + limit)`.
+    fn log_hashes(&self, from: u64, limit: usize) -> Result<Vec<EventHash>, StoreError> {
         let iter = self.db.iterator_cf(
             self.cf(Column::Log),
             IteratorMode::From(&from.to_be_bytes(), rocksdb::Direction::Forward),
         );
+        let mut out = Vec::new();
         for kv in iter.take(limit) {
             let (_, v) = kv?;
-            if let Ok(h) = <[u8; 32]>::try_from(v.as_ref()) {
-                if let Some(ce) = self.certified(&EventHash(h))? {
-                    out.push(ce);
-                }
-            }
+            out.extend(<[u8; 32]>::try_from(v.as_ref()).ok().map(EventHash));
         }
         Ok(out)
     }
 
-    /// Log entries `[from, from + limit)` as event hashes with their certificates (no events
-    /// decoded: what catch-up compares).
+    /// Log entries `[from, from + limit)`.
+    pub fn log_range(&self, from: u64, limit: usize) -> Result<Vec<CertifiedEvent>, StoreError> {
+        let hashes = self.log_hashes(from, limit)?;
+        let found = hashes.iter().map(|h| self.certified(h));
+        found.filter_map(Result::transpose).collect()
+    }
+
+    /// Log entries `[from, from + limit)` as their certificates (no events decoded: what
+    /// catch-up compares).
     pub fn log_certificates(
         &self,
         from: u64,
         limit: usize,
     ) -> Result<Vec<Certificate>, StoreError> {
-        let mut out = Vec::new();
-        let iter = self.db.iterator_cf(
-            self.cf(Column::Log),
-            IteratorMode::From(&from.to_be_bytes(), rocksdb::Direction::Forward),
-        );
-        for kv in iter.take(limit) {
-            let (_, v) = kv?;
-            if let Ok(h) = <[u8; 32]>::try_from(v.as_ref()) {
-                if let Some(c) = self.certificate(&EventHash(h))? {
-                    out.push(c);
-                }
-            }
-        }
-        Ok(out)
+        let hashes = self.log_hashes(from, limit)?;
+        let found = hashes.iter().map(|h| self.certificate(h));
+        found.filter_map(Result::transpose).collect()
     }
 
     /// This operator's votes at a slot.
