@@ -51,7 +51,13 @@ impl Engine {
     pub(super) fn maybe_propose(&mut self) -> Result<(), StoreError> {
         let store = &self.cfg.store;
         let number = store.next_checkpoint()?;
-        let mut events = store.uncheckpointed(MAX_EVENTS_PER_CHECKPOINT)?;
+        // (Runs every tick: read only as many as decide whether a checkpoint is due.)
+        let enough = self
+            .cfg
+            .checkpoints
+            .every_events
+            .clamp(1, MAX_EVENTS_PER_CHECKPOINT);
+        let mut events = store.uncheckpointed(enough)?;
         let due = events.len() >= self.cfg.checkpoints.every_events
             || (!events.is_empty()
                 && self.last_checkpoint_at.elapsed() >= self.cfg.checkpoints.every);
@@ -77,6 +83,10 @@ impl Engine {
             || self.proposed.contains(&(number, round))
         {
             return Ok(());
+        }
+        if events.len() == enough {
+            // There may be more: the checkpoint takes all, up to its cap.
+            events = store.uncheckpointed(MAX_EVENTS_PER_CHECKPOINT)?;
         }
         let prev = store.last_checkpoint_hash()?;
         let (checkpoint, _) =
