@@ -22,7 +22,28 @@ async fn manufacturer(h: &Harness, via: usize) -> Result<Author> {
             name: "Acme Watches".into(),
         },
     );
-    h.client(via).submit(&reg, WAIT).await?.certified()?;
+    let hash = h
+        .client(via)
+        .submit(&reg, WAIT)
+        .await?
+        .certified()?
+        .certificate
+        .event;
+    // The operator asked answers once it holds the certificate; the others assemble theirs from
+    // the same votes a moment later. Tests then mint through any of them.
+    poll_until(
+        WAIT,
+        "the registration on every running operator",
+        || async {
+            for i in 0..h.len() {
+                if let Ok(None) = h.client(i).event(&hash).await {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await?;
     Ok(m)
 }
 

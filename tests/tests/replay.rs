@@ -42,7 +42,7 @@ async fn snapshot(
 async fn a_full_life(h: &Harness) -> Result<(ItemId, Author)> {
     let maker = h.author();
     let (alice, bob) = (h.author(), h.author());
-    certify(
+    let registered = certify(
         h,
         0,
         &maker.event(
@@ -53,6 +53,13 @@ async fn a_full_life(h: &Harness) -> Result<(ItemId, Author)> {
             },
         ),
     )
+    .await?;
+    // The mint goes to operator 1: it must have applied the registration (operator 0 answered
+    // when it had the certificate; the others assemble theirs from the same votes a moment later).
+    let hash = registered.certificate.event;
+    poll_until(WAIT, "the registration at operator 1", || async {
+        h.client(1).event(&hash).await.ok()?.map(|_| ())
+    })
     .await?;
     let item = ItemId::new(&ManufacturerId::of(&maker.key.public_key()), "SN-1");
     certify(
