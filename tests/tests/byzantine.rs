@@ -21,7 +21,8 @@ use hallmark_tests::{poll_until, Harness};
 use tokio_util::sync::CancellationToken;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hallmark-test-node");
-const WAIT: Duration = Duration::from_secs(10);
+/// Long enough for catch-up rounds and redials on a machine busy with other tests.
+const WAIT: Duration = Duration::from_secs(20);
 const BYZANTINE: usize = 3;
 /// An oversize gossip message: over the 4 MiB every operator accepts.
 const OVERSIZE_GOSSIP: usize = hallmark_p2p::MAX_GOSSIP_BYTES + (1 << 20);
