@@ -518,7 +518,6 @@ impl SwarmTask {
                 }
                 None
             }
-
             _ => None,
         };
         match out {

@@ -283,6 +283,19 @@ impl Certificate {
         })
     }
 
+    /// This certificate with `extra` attestations of the same commit vote (already verified by
+    /// the caller) merged in, reassembled in canonical form ([`Certificate::assemble`]); itself
+    /// unchanged if they do not assemble.
+    pub fn merged_with(
+        &self,
+        federation: &Federation,
+        extra: impl IntoIterator<Item = Attestation>,
+    ) -> Certificate {
+        let vote = Vote::commit(self.event, self.round);
+        let all = self.attestations.iter().cloned().chain(extra);
+        Self::assemble(federation, vote, all).unwrap_or_else(|_| self.clone())
+    }
+
     /// Orders the valid certificates of one event so that operators settle on the same one:
     /// the lowest round first, then the lowest operator indices (smaller is preferred).
     pub fn rank(&self, federation: &Federation) -> (u32, Vec<usize>) {

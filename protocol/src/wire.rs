@@ -99,6 +99,16 @@ pub struct LogEntry {
 }
 
 impl LogEntry {
+    /// The entry for a certificate held here.
+    pub fn of(certificate: &crate::Certificate, federation: &crate::Federation) -> Self {
+        let (round, signers) = certificate.rank(federation);
+        Self {
+            event: certificate.event,
+            round,
+            signers: signers.into_iter().map(|i| i as u32).collect(),
+        }
+    }
+
     /// The rank this entry claims, comparable with [`crate::Certificate::rank`].
     pub fn rank(&self) -> (u32, Vec<usize>) {
         (

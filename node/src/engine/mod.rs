@@ -881,11 +881,8 @@ impl Engine {
             .commit_atts
             .get(&(certificate.event, certificate.round))
             .into_iter()
-            .flat_map(|atts| atts.values());
-        let vote = Vote::commit(certificate.event, certificate.round);
-        let all = certificate.attestations.iter().chain(collected).cloned();
-        Certificate::assemble(&self.cfg.federation, vote, all)
-            .unwrap_or_else(|_| certificate.clone())
+            .flat_map(|atts| atts.values().cloned());
+        certificate.merged_with(&self.cfg.federation, collected)
     }
 
     /// A certified event (ours, gossiped, or caught up; certificate already verified).
@@ -1250,24 +1247,26 @@ impl Engine {
             let me = self.cfg.me;
             let mut decided = Vec::new();
             for (i, v) in batch.votes().iter().enumerate() {
-                if v.phase == Phase::Commit {
-                    // (An event certified since the vote was cast needs it no more.)
-                    if let (Some(att), Some(_)) = (batch.attestation(i), self.slot_of(&v.event)) {
-                        self.commit_atts
-                            .entry((v.event, v.round))
-                            .or_default()
-                            .insert(me, att);
-                    }
-                    if let Some(key) = self.slot_of(&v.event) {
-                        if self
-                            .slots
-                            .get(&key)
-                            .and_then(|e| e.slot.decided())
-                            .is_some()
-                        {
-                            decided.push((v.event, v.round));
-                        }
-                    }
+                if v.phase != Phase::Commit {
+                    continue;
+                }
+                // (An event certified since the vote was cast needs it no more.)
+                let Some(key) = self.slot_of(&v.event) else {
+                    continue;
+                };
+                if let Some(att) = batch.attestation(i) {
+                    self.commit_atts
+                        .entry((v.event, v.round))
+                        .or_default()
+                        .insert(me, att);
+                }
+                if self
+                    .slots
+                    .get(&key)
+                    .and_then(|e| e.slot.decided())
+                    .is_some()
+                {
+                    decided.push((v.event, v.round));
                 }
             }
             for (e, r) in decided {
@@ -1409,15 +1408,8 @@ pub fn serve_rpc(store: &Store, federation: &Federation, request: &[u8]) -> Vec<
             resp.log = store
                 .log_certificates(from, (limit as usize).min(MAX_CATCHUP_LOG))
                 .unwrap_or_default()
-                .into_iter()
-                .map(|c| {
-                    let (round, signers) = c.rank(federation);
-                    LogEntry {
-                        event: c.event,
-                        round,
-                        signers: signers.into_iter().map(|i| i as u32).collect(),
-                    }
-                })
+                .iter()
+                .map(|c| LogEntry::of(c, federation))
                 .collect();
         }
         Ok(Rpc::Chain {
