@@ -233,6 +233,15 @@ impl Slot {
         self.step(actions)
     }
 
+    /// A vote seen after this slot was decided (and set aside): it changes nothing, but one
+    /// that conflicts with a vote the same operator cast here before is evidence.
+    pub fn witness(&mut self, operator: usize, vote: Vote) -> Option<Action> {
+        if Some(operator) == self.me {
+            return None;
+        }
+        self.record(operator, vote)
+    }
+
     /// The node's round timer fired. The round is left only if a quorum of operators has
     /// prevoted in it without a decision: so no operator can run ahead of the others alone
     /// (one that did would wait in a round nobody else reaches), which is what lets all honest

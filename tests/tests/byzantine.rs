@@ -14,7 +14,7 @@ use hallmark_p2p::{Command, P2pConfig, P2pEvent, P2pHandle};
 use hallmark_protocol::encoding::encode;
 use hallmark_protocol::wire::{Gossip, LogEntry, Rpc, RpcResponse};
 use hallmark_protocol::{
-    BatchVote, Certificate, CertifiedEvent, EventHash, EventKind, ItemId, ManufacturerId,
+    BatchVote, Certificate, CertifiedEvent, Event, EventHash, EventKind, ItemId, ManufacturerId,
     SigningKey, Vote,
 };
 use hallmark_tests::{poll_until, Harness};
@@ -113,6 +113,68 @@ impl Byzantine {
         (self.p2p, self.cancel, self.task) = connect(h, &self.key, self.answer.clone()).await?;
         Ok(())
     }
+}
+
+impl Byzantine {
+    /// Gossips operator 3's prevote and commit for `ev` in round 0, with `ev` itself.
+    async fn equivocate(&self, h: &Harness, ev: &Event, nonce: u64) -> Result<()> {
+        let votes = vec![Vote::prevote(ev.hash(), 0), Vote::commit(ev.hash(), 0)];
+        let batch = BatchVote::sign(&self.key, h.federation.id(), votes)?.to_batch_vote();
+        let msg = Gossip::Votes {
+            events: vec![ev.clone()],
+            checkpoints: Vec::new(),
+            batch,
+            nonce,
+        };
+        self.p2p.send(Command::Publish(encode(&msg))).await?;
+        Ok(())
+    }
+}
+
+/// Two transfers of `item` by its `owner` to two different new owners, at the same height.
+async fn conflicting_transfers(
+    h: &Harness,
+    c: &Client,
+    owner: &Author,
+    item: &ItemId,
+) -> Result<[Event; 2]> {
+    let state = c.item(item).await?.context("minted")?;
+    Ok([h.author(), h.author()].map(|to| {
+        owner.next(
+            &state,
+            EventKind::Transfer {
+                item: *item,
+                to: to.key.public_key(),
+            },
+        )
+    }))
+}
+
+/// Waits until every honest operator holds at least `records` pieces of evidence.
+async fn await_evidence(h: &Harness, records: u64) -> Result<()> {
+    for i in 0..BYZANTINE {
+        poll_until(WAIT, "evidence of the double vote", || async {
+            let info = h.client(i).info().await.ok()?;
+            (info["evidence_records"].as_u64()? >= records).then_some(())
+        })
+        .await
+        .with_context(|| h.log_tail(i))?;
+    }
+    Ok(())
+}
+
+/// Waits until every honest operator holds the same event at height 1 of `item`; returns it.
+async fn certified_everywhere(h: &Harness, item: &ItemId) -> Result<EventHash> {
+    poll_until(WAIT, "one transfer certified everywhere", || async {
+        let mut heads = Vec::new();
+        for i in 0..BYZANTINE {
+            let s = h.client(i).item(item).await.ok()??;
+            (s.height == 1).then_some(())?;
+            heads.push(s.head);
+        }
+        heads.windows(2).all(|w| w[0] == w[1]).then(|| heads[0])
+    })
+    .await
 }
 
 /// Registers `maker` as a manufacturer.
@@ -224,57 +286,30 @@ async fn a_byzantine_operator_fools_nobody_and_is_disconnected() -> Result<()> {
     });
     *byz.answer.lock().expect("not poisoned") = quiet.clone();
 
-    // 2. Equivocation: operator 3 prevotes and commits two conflicting transfers of one item.
-    let state = c.item(&item).await?.context("minted")?;
-    let (to_a, to_b) = (h.author(), h.author());
-    let a = owner.next(
-        &state,
-        EventKind::Transfer {
-            item,
-            to: to_a.key.public_key(),
-        },
-    );
-    let b = owner.next(
-        &state,
-        EventKind::Transfer {
-            item,
-            to: to_b.key.public_key(),
-        },
-    );
+    // 2. Equivocation: operator 3 prevotes and commits two conflicting transfers of one item,
+    //    sent at once (each honest operator may see either first) ...
+    let late_item = minted(&c, &maker, &owner, "SN-LATE").await?;
+    let [a, b] = conflicting_transfers(&h, &c, &owner, &item).await?;
     for (n, ev) in [&a, &b].into_iter().enumerate() {
-        let votes = vec![Vote::prevote(ev.hash(), 0), Vote::commit(ev.hash(), 0)];
-        let batch = BatchVote::sign(&byz.key, h.federation.id(), votes)?.to_batch_vote();
-        let msg = Gossip::Votes {
-            events: vec![ev.clone()],
-            checkpoints: Vec::new(),
-            batch,
-            nonce: n as u64,
-        };
-        byz.p2p.send(Command::Publish(encode(&msg))).await?;
+        byz.equivocate(&h, ev, n as u64).await?;
     }
-    for i in 0..BYZANTINE {
-        poll_until(WAIT, "evidence of the double vote", || async {
-            let info = h.client(i).info().await.ok()?;
-            (info["evidence_records"].as_u64()? >= 1).then_some(())
-        })
-        .await
-        .with_context(|| h.log_tail(i))?;
-    }
+    await_evidence(&h, 1).await?;
     // The honest three settle on one of the two, identically; never both.
-    let winner = poll_until(WAIT, "one transfer certified everywhere", || async {
-        let mut heads = Vec::new();
-        for i in 0..BYZANTINE {
-            let s = h.client(i).item(&item).await.ok()??;
-            (s.height == 1).then_some(())?;
-            heads.push(s.head);
-        }
-        heads.windows(2).all(|w| w[0] == w[1]).then(|| heads[0])
-    })
-    .await?;
+    let winner = certified_everywhere(&h, &item).await?;
     ensure!(winner == a.hash() || winner == b.hash());
     for i in 0..BYZANTINE {
         let loser = if winner == a.hash() { &b } else { &a };
         ensure!(h.client(i).event(&loser.hash()).await?.is_none());
+    }
+    //    ... and the second one only after the first is certified everywhere: an operator that
+    //    decided before a conflicting vote reached it still records the evidence.
+    let [a, b] = conflicting_transfers(&h, &c, &owner, &late_item).await?;
+    byz.equivocate(&h, &a, 2).await?;
+    ensure!(certified_everywhere(&h, &late_item).await? == a.hash());
+    byz.equivocate(&h, &b, 3).await?;
+    await_evidence(&h, 2).await?;
+    for i in 0..BYZANTINE {
+        ensure!(h.client(i).event(&b.hash()).await?.is_none());
     }
 
     // 3. Oversize messages. Gossip over the 4 MiB limit is refused by every honest operator's
@@ -378,7 +413,7 @@ async fn a_byzantine_operator_fools_nobody_and_is_disconnected() -> Result<()> {
     // The honest quorum goes on: a new item is certified by the three alone.
     minted(&c, &maker, &owner, "SN-2").await?;
     for i in 0..BYZANTINE {
-        ensure!(h.client(i).info().await?["evidence_records"].as_u64() >= Some(1));
+        ensure!(h.client(i).info().await?["evidence_records"].as_u64() >= Some(2));
     }
     Ok(())
 }

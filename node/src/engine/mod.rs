@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 mod checkpoints;
+mod retired;
 pub use checkpoints::{CheckpointConfig, MAX_EVENTS_PER_CHECKPOINT};
 
 use hallmark_protocol::checkpoint::CheckpointHash;
@@ -33,6 +34,7 @@ use crate::store::{slot_key, FinalCheckpoint, StateChange, Store, StoreError};
 use crate::wire::{
     Gossip, LogEntry, Proposal, Rpc, RpcResponse, MAX_CATCHUP_EVENTS, MAX_CATCHUP_LOG,
 };
+use retired::Retired;
 
 /// Inputs queued to the event loop.
 pub const INPUT_QUEUE: usize = 8192;
@@ -186,6 +188,8 @@ pub struct Engine {
     slot_cfg: SlotConfig,
     inputs: mpsc::Sender<Input>,
     slots: HashMap<(Subject, u64), SlotEntry>,
+    /// Recently decided slots, for evidence from votes that arrive after the decision.
+    retired: Retired,
     /// Valid candidate events not yet certified, with their slot.
     candidates: HashMap<EventHash, (Event, Subject, u64)>,
     /// Candidates that arrived ahead of their chain, revalidated when it advances.
@@ -237,6 +241,7 @@ impl Engine {
             slot_cfg,
             inputs,
             slots: HashMap::new(),
+            retired: Retired::new(),
             candidates: HashMap::new(),
             deferred: HashMap::new(),
             commit_atts: HashMap::new(),
@@ -779,6 +784,10 @@ impl Engine {
                     let att = batch.attestation(i).expect("index within the batch");
                     self.upgrade_certificate(&stored, vote.round, [att])?;
                 }
+            } else if self.retired.lost(&vote.event) {
+                if let Some((key, evidence)) = self.retired.witness(op, *vote) {
+                    self.act(key, vec![evidence]);
+                }
             } else if self.early_count < MAX_EARLY_VOTES {
                 keep_commit(self);
                 self.early_votes
@@ -808,7 +817,8 @@ impl Engine {
                 }
             }
             Err((r, _)) => {
-                debug!(%hash, code = r.code, "not voting for gossiped event: {}", r.message)
+                debug!(%hash, code = r.code, "not voting for gossiped event: {}", r.message);
+                self.retired.note_loser(hash, key);
             }
         }
         Ok(())
@@ -993,6 +1003,7 @@ impl Engine {
         if let Some(entry) = self.slots.remove(&(subject, height)) {
             gone.extend(entry.slot.candidates().iter().copied());
             rounds = entry.slot.round();
+            self.retired.retire((subject, height), entry.slot);
         }
         for c in gone {
             self.candidates.remove(&c);

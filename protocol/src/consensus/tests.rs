@@ -175,6 +175,35 @@ fn equivocating_operators_are_reported() {
 }
 
 #[test]
+fn a_late_conflicting_vote_at_a_decided_slot_is_evidence_and_changes_nothing() {
+    let mut s = Slot::new(CFG, Some(0), OwnVotes::default());
+    s.add_candidate(A);
+    for op in 1..=3 {
+        s.add_vote(op, Vote::prevote(A, 0));
+    }
+    for op in 1..=3 {
+        s.add_vote(op, Vote::commit(A, 0));
+    }
+    assert_eq!(s.decided(), Some((A, 0)));
+    let own = s.own().clone();
+    // Operator 3 commits B too, after the decision; operator 2 only repeats itself.
+    assert_eq!(
+        s.witness(3, Vote::commit(B, 0)),
+        Some(Action::Equivocation {
+            operator: 3,
+            first: Vote::commit(A, 0),
+            second: Vote::commit(B, 0)
+        })
+    );
+    assert_eq!(s.witness(2, Vote::commit(A, 0)), None);
+    // A vote in another round is no conflict; our own votes are never witnessed.
+    assert_eq!(s.witness(1, Vote::prevote(B, 1)), None);
+    assert_eq!(s.witness(0, Vote::prevote(B, 0)), None);
+    assert_eq!(s.decided(), Some((A, 0)));
+    assert_eq!(s.own(), &own);
+}
+
+#[test]
 fn catches_up_with_a_later_round() {
     let mut s = Slot::new(CFG, Some(0), OwnVotes::default());
     s.add_candidate(A);
