@@ -8,6 +8,7 @@
 //! after a power loss anything lost is fetched back from peers.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub use hallmark_protocol::checkpoint::FinalCheckpoint;
@@ -169,6 +170,10 @@ pub enum StoreError {
 #[derive(Clone)]
 pub struct Store {
     db: Arc<DB>,
+    /// How many certified events are not yet in a checkpoint (counted once when opened, then
+    /// kept by the writes: the checkpoint schedule asks every tick, and a scan of the column
+    /// would walk past the tombstones of every event checkpointed since the last compaction).
+    pending: Arc<AtomicU64>,
 }
 
 /// What applying one certified event writes, beyond the event and its certificate.
@@ -189,15 +194,21 @@ impl Store {
         let mut opts = Options::default();
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         opts.set_db_write_buffer_size(MEMTABLE_BUDGET);
+        // Many lookups are for keys that do not exist (is this event already certified?): bloom
+        // filters answer those without reading table blocks.
         let mut tables = rocksdb::BlockBasedOptions::default();
         tables.set_block_cache(&rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES));
+        tables.set_bloom_filter(10.0, false);
         opts.set_block_based_table_factory(&tables);
         let columns =
             Column::ALL.map(|c| rocksdb::ColumnFamilyDescriptor::new(c.name(), opts.clone()));
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         let db = DB::open_cf_descriptors(&opts, dir, columns)?;
-        let store = Self { db: Arc::new(db) };
+        let mut store = Self {
+            db: Arc::new(db),
+            pending: Arc::default(),
+        };
         match store.get_raw(Column::Meta, META_SCHEMA)? {
             None => {
                 store.db.put_cf(
@@ -217,6 +228,11 @@ impl Store {
                 }
             }
         }
+        let pending = store
+            .db
+            .iterator_cf(store.cf(Column::Uncheckpointed), IteratorMode::Start)
+            .count();
+        store.pending = Arc::new(AtomicU64::new(pending as u64));
         Ok(store)
     }
 
@@ -420,11 +436,15 @@ impl Store {
             StateChange::Item(i) => b.put_cf(self.cf(Column::Items), i.id.0, encode(i)),
         }
         b.put_cf(self.cf(Column::Log), pos.to_be_bytes(), hash.0);
-        if self.checkpoint_of(&hash)?.is_none() {
+        let pending = self.checkpoint_of(&hash)?.is_none();
+        if pending {
             b.put_cf(self.cf(Column::Uncheckpointed), hash.0, []);
         }
         b.put_cf(self.cf(Column::Meta), META_LOG_LEN, (pos + 1).to_be_bytes());
         self.db.write(b)?;
+        if pending {
+            self.pending.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(pos)
     }
 
@@ -501,6 +521,11 @@ impl Store {
         Ok(out)
     }
 
+    /// How many certified events are not yet in a checkpoint.
+    pub fn uncheckpointed_count(&self) -> u64 {
+        self.pending.load(Ordering::Relaxed)
+    }
+
     /// Whether an event is certified here and not yet checkpointed.
     pub fn is_uncheckpointed(&self, event: &EventHash) -> Result<bool, StoreError> {
         Ok(self.get_raw(Column::Uncheckpointed, &event.0)?.is_some())
@@ -511,9 +536,13 @@ impl Store {
         let n = f.certified.checkpoint.number;
         let mut b = WriteBatch::default();
         b.put_cf(self.cf(Column::Checkpoints), n.to_be_bytes(), encode(f));
+        let mut covered = 0;
         for e in &f.events {
             b.put_cf(self.cf(Column::CheckpointOf), e.0, n.to_be_bytes());
-            b.delete_cf(self.cf(Column::Uncheckpointed), e.0);
+            if self.is_uncheckpointed(e)? {
+                b.delete_cf(self.cf(Column::Uncheckpointed), e.0);
+                covered += 1;
+            }
         }
         b.put_cf(
             self.cf(Column::Meta),
@@ -521,6 +550,7 @@ impl Store {
             (n + 1).to_be_bytes(),
         );
         self.db.write(b)?;
+        self.pending.fetch_sub(covered, Ordering::Relaxed);
         Ok(())
     }
 
@@ -570,8 +600,9 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hallmark_protocol::checkpoint::{CertifiedCheckpoint, Checkpoint};
     use hallmark_protocol::testkit::{body, certify, federation, key};
-    use hallmark_protocol::EventKind;
+    use hallmark_protocol::{Certificate, EventKind};
 
     #[test]
     fn apply_is_atomic_and_survives_reopen() {
@@ -612,6 +643,60 @@ mod tests {
         assert_eq!(s.log_range(0, 10).unwrap().len(), 1);
         assert_eq!(s.log_certificates(0, 10).unwrap().len(), 1);
         assert_eq!(s.log_certificates(1, 10).unwrap().len(), 0);
+        assert_eq!(s.uncheckpointed_count(), 1);
+        assert_eq!(s.uncheckpointed(10).unwrap(), vec![hash]);
+    }
+
+    #[test]
+    fn the_count_of_uncheckpointed_events_follows_checkpoints_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = federation(3, 4);
+        let s = Store::open(dir.path()).unwrap();
+        let mut hashes = Vec::new();
+        for i in 1..=3 {
+            let m = key(i);
+            let ev = body(
+                &f,
+                &m,
+                0,
+                EventHash::ZERO,
+                EventKind::RegisterManufacturer { name: "A".into() },
+            )
+            .sign(&m)
+            .unwrap();
+            let ce = certify(&f, ev);
+            let hash = ce.certificate.event;
+            let rec = ManufacturerRecord::from_event(&ce.event, hash).unwrap();
+            s.apply(
+                &ce.event.subject(hash),
+                &ce,
+                &StateChange::Manufacturer(rec),
+            )
+            .unwrap();
+            hashes.push(hash);
+        }
+        assert_eq!(s.uncheckpointed_count(), 3);
+        // A checkpoint over two of them and an event this operator does not hold (yet).
+        let mut events = vec![hashes[0], hashes[2], EventHash([9; 32])];
+        let (checkpoint, _) =
+            Checkpoint::build(f.id(), 0, CheckpointHash::ZERO, &mut events).unwrap();
+        let certificate = Certificate {
+            event: checkpoint.vote_target(),
+            round: 0,
+            attestations: Vec::new(),
+        };
+        s.put_checkpoint(&FinalCheckpoint {
+            certified: CertifiedCheckpoint {
+                checkpoint,
+                certificate,
+            },
+            events,
+        })
+        .unwrap();
+        assert_eq!(s.uncheckpointed_count(), 1);
+        assert_eq!(s.uncheckpointed(10).unwrap(), vec![hashes[1]]);
+        drop(s);
+        assert_eq!(Store::open(dir.path()).unwrap().uncheckpointed_count(), 1);
     }
 
     #[test]

@@ -51,16 +51,9 @@ impl Engine {
     pub(super) fn maybe_propose(&mut self) -> Result<(), StoreError> {
         let store = &self.cfg.store;
         let number = store.next_checkpoint()?;
-        // (Runs every tick: read only as many as decide whether a checkpoint is due.)
-        let enough = self
-            .cfg
-            .checkpoints
-            .every_events
-            .clamp(1, MAX_EVENTS_PER_CHECKPOINT);
-        let mut events = store.uncheckpointed(enough)?;
-        let due = events.len() >= self.cfg.checkpoints.every_events
-            || (!events.is_empty()
-                && self.last_checkpoint_at.elapsed() >= self.cfg.checkpoints.every);
+        let pending = store.uncheckpointed_count() as usize;
+        let due = pending >= self.cfg.checkpoints.every_events
+            || (pending > 0 && self.last_checkpoint_at.elapsed() >= self.cfg.checkpoints.every);
         if !due {
             self.cp_due_since = None;
             return Ok(());
@@ -84,9 +77,9 @@ impl Engine {
         {
             return Ok(());
         }
-        if events.len() == enough {
-            // There may be more: the checkpoint takes all, up to its cap.
-            events = store.uncheckpointed(MAX_EVENTS_PER_CHECKPOINT)?;
+        let mut events = store.uncheckpointed(MAX_EVENTS_PER_CHECKPOINT)?;
+        if events.is_empty() {
+            return Ok(());
         }
         let prev = store.last_checkpoint_hash()?;
         let (checkpoint, _) =
