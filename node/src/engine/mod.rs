@@ -49,7 +49,7 @@ const MAX_DEFERRED_SLOTS: usize = 10_000;
 /// Least time between two fetches of one subject's chain.
 const CHAIN_FETCH_EVERY: Duration = Duration::from_secs(2);
 /// Least time between two flushes of votes while votes keep coming.
-const FLUSH_EVERY: Duration = Duration::from_millis(8);
+const FLUSH_EVERY: Duration = Duration::from_millis(2);
 /// Slots in flight from which the loop counts as loaded (and waits to batch votes).
 const BUSY_SLOTS: usize = 16;
 
