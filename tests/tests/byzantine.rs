@@ -271,7 +271,15 @@ async fn a_byzantine_operator_fools_nobody_and_is_disconnected() -> Result<()> {
         checkpoints: Vec::new(),
     };
     let fake_item = ItemId::new(&ManufacturerId::of(&forger.key.public_key()), "FAKE-1");
+    // Every operator holds the mint before operator 3 is replaced (the one asked answers first;
+    // the others certify a moment later).
     let log_len = c.info().await?["log_len"].clone();
+    for i in 0..4 {
+        poll_until(WAIT, "the mint certified everywhere", || async {
+            (h.client(i).info().await.ok()?["log_len"] == log_len).then_some(())
+        })
+        .await?;
+    }
     let mut byz = impersonate(&mut h, forged).await?;
 
     // 1. Forged catch-up responses are refused (and counted against the sender).
