@@ -14,9 +14,10 @@ use std::sync::Arc;
 pub use hallmark_protocol::checkpoint::FinalCheckpoint;
 use hallmark_protocol::checkpoint::{Anchor, CheckpointHash};
 use hallmark_protocol::consensus::OwnVotes;
+use hallmark_protocol::encoding::decode_stored;
 use hallmark_protocol::{
-    decode, encode, Certificate, CertifiedEvent, Event, EventHash, ItemId, ItemState,
-    ManufacturerId, ManufacturerRecord, OfferId, OfferRecord, Subject,
+    encode, Certificate, CertifiedEvent, Event, EventHash, ItemId, ItemState, ManufacturerId,
+    ManufacturerRecord, OfferId, OfferRecord, Subject,
 };
 use rocksdb::{ColumnFamily, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 use serde::{de::DeserializeOwned, Serialize};
@@ -253,7 +254,7 @@ impl Store {
     ) -> Result<Option<T>, StoreError> {
         self.get_raw(c, key)?
             .map(|v| {
-                decode(&v).map_err(|error| StoreError::Corrupt {
+                decode_stored(&v).map_err(|error| StoreError::Corrupt {
                     column: c.name(),
                     error,
                 })
