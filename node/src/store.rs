@@ -206,7 +206,7 @@ impl Store {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         let db = DB::open_cf_descriptors(&opts, dir, columns)?;
-        let mut store = Self {
+        let store = Self {
             db: Arc::new(db),
             pending: Arc::default(),
         };
@@ -233,7 +233,7 @@ impl Store {
             .db
             .iterator_cf(store.cf(Column::Uncheckpointed), IteratorMode::Start)
             .count();
-        store.pending = Arc::new(AtomicU64::new(pending as u64));
+        store.pending.store(pending as u64, Ordering::Relaxed);
         Ok(store)
     }
 
@@ -603,15 +603,13 @@ mod tests {
     use super::*;
     use hallmark_protocol::checkpoint::{CertifiedCheckpoint, Checkpoint};
     use hallmark_protocol::testkit::{body, certify, federation, key};
-    use hallmark_protocol::{Certificate, EventKind};
+    use hallmark_protocol::{Certificate, EventKind, Federation};
 
-    #[test]
-    fn apply_is_atomic_and_survives_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = federation(3, 4);
-        let m = key(1);
+    /// The certified registration of manufacturer key `i`, and its record.
+    fn registration(f: &Federation, i: u32) -> (CertifiedEvent, ManufacturerRecord) {
+        let m = key(i);
         let ev = body(
-            &f,
+            f,
             &m,
             0,
             EventHash::ZERO,
@@ -619,10 +617,18 @@ mod tests {
         )
         .sign(&m)
         .unwrap();
-        let ce = certify(&f, ev);
+        let ce = certify(f, ev);
+        let rec = ManufacturerRecord::from_event(&ce.event, ce.certificate.event).unwrap();
+        (ce, rec)
+    }
+
+    #[test]
+    fn apply_is_atomic_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = federation(3, 4);
+        let (ce, rec) = registration(&f, 1);
         let hash = ce.certificate.event;
         let subject = ce.event.subject(hash);
-        let rec = ManufacturerRecord::from_event(&ce.event, hash).unwrap();
         {
             let s = Store::open(dir.path()).unwrap();
             assert_eq!(
@@ -655,19 +661,8 @@ mod tests {
         let s = Store::open(dir.path()).unwrap();
         let mut hashes = Vec::new();
         for i in 1..=3 {
-            let m = key(i);
-            let ev = body(
-                &f,
-                &m,
-                0,
-                EventHash::ZERO,
-                EventKind::RegisterManufacturer { name: "A".into() },
-            )
-            .sign(&m)
-            .unwrap();
-            let ce = certify(&f, ev);
+            let (ce, rec) = registration(&f, i);
             let hash = ce.certificate.event;
-            let rec = ManufacturerRecord::from_event(&ce.event, hash).unwrap();
             s.apply(
                 &ce.event.subject(hash),
                 &ce,

@@ -22,11 +22,7 @@ pub fn decode<T: Serialize + DeserializeOwned>(bytes: &[u8]) -> Result<T, Decode
             max: MAX_DECODE_LEN,
         });
     }
-    let (value, rest): (T, &[u8]) =
-        postcard::take_from_bytes(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
-    if !rest.is_empty() {
-        return Err(DecodeError::TrailingBytes(rest.len()));
-    }
+    let value: T = decode_stored(bytes)?;
     if encode(&value) != bytes {
         return Err(DecodeError::NonCanonical);
     }

@@ -818,9 +818,8 @@ impl Engine {
             }
             Err((r, _)) => {
                 debug!(%hash, code = r.code, "not voting for gossiped event: {}", r.message);
-                self.retired.note_loser(hash, key);
                 // Votes for it that came before it are evidence too, if they conflict.
-                if self.retired.lost(&hash) {
+                if self.retired.note_loser(hash, key) {
                     for (op, vote) in self.early_votes.remove(&hash).unwrap_or_default() {
                         self.early_count -= 1;
                         if let Some((key, evidence)) = self.retired.witness(op, vote) {

@@ -62,11 +62,13 @@ impl Retired {
     }
 
     /// `event` competes for `key` but was not admitted: if `key` was decided recently, votes for
-    /// `event` are checked against that slot's.
-    pub(super) fn note_loser(&mut self, event: EventHash, key: SlotKey) {
-        if self.slots.map.contains_key(&key) {
+    /// `event` are checked against that slot's (returns whether it was).
+    pub(super) fn note_loser(&mut self, event: EventHash, key: SlotKey) -> bool {
+        let recent = self.slots.map.contains_key(&key);
+        if recent {
             self.losers.insert(event, key);
         }
+        recent
     }
 
     /// Whether `event` lost at a recently decided slot (its votes are witnessed, not kept).
