@@ -382,15 +382,16 @@ impl Api {
     fn log(&self, q: &LogQuery) -> Response {
         let from = q.from.unwrap_or(0);
         let limit = q.limit.unwrap_or(100).min(MAX_LOG_LIMIT);
-        match (self.store.log_len(), self.store.log_range(from, limit)) {
-            (Ok(len), Ok(events)) => ok(&json!({"log_len": len, "from": from, "events": events})),
-            (Err(e), _) | (_, Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e),
+        let len = self.store.log_len();
+        match self.store.log_range(from, limit) {
+            Ok(events) => ok(&json!({"log_len": len, "from": from, "events": events})),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e),
         }
     }
 
     fn info(&self) -> Response {
         let mut info = self.info.clone();
-        info["log_len"] = json!(self.store.log_len().unwrap_or(0));
+        info["log_len"] = json!(self.store.log_len());
         info["peers_connected"] = json!(hallmark_p2p::connected_peers());
         info["evidence_records"] = json!(self.store.evidence_count().unwrap_or(0));
         let tip = metrics::CHAIN_TIP.get();
@@ -401,7 +402,7 @@ impl Api {
     fn health(&self) -> Response {
         ok(&json!({
             "status": "ok",
-            "log_len": self.store.log_len().unwrap_or(0),
+            "log_len": self.store.log_len(),
             "peers_connected": hallmark_p2p::connected_peers(),
         }))
     }

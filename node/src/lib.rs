@@ -11,6 +11,7 @@ pub mod config;
 pub mod demo;
 pub mod devnet;
 pub mod engine;
+pub mod fifo;
 pub mod http;
 pub mod keyfile;
 pub mod label;

@@ -63,7 +63,7 @@ pub async fn start(
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
     let store = Store::open(&config.data_dir)
         .with_context(|| format!("opening store in {}", config.data_dir.display()))?;
-    metrics::LOG_LEN.set(store.log_len()? as i64);
+    metrics::LOG_LEN.set(store.log_len() as i64);
     let (p2p, mut p2p_events, p2p_task) = hallmark_p2p::spawn(
         P2pConfig {
             secret: key.secret_bytes(),

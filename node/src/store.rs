@@ -9,23 +9,28 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 pub use hallmark_protocol::checkpoint::FinalCheckpoint;
 use hallmark_protocol::checkpoint::{Anchor, CheckpointHash};
 use hallmark_protocol::consensus::OwnVotes;
 use hallmark_protocol::encoding::decode_stored;
+use hallmark_protocol::wire::LogEntry;
 use hallmark_protocol::{
-    encode, Certificate, CertifiedEvent, Event, EventHash, ItemId, ItemState, ManufacturerId,
-    ManufacturerRecord, OfferId, OfferRecord, Subject,
+    encode, Certificate, CertifiedEvent, Event, EventHash, Federation, ItemId, ItemState,
+    ManufacturerId, ManufacturerRecord, OfferId, OfferRecord, Rank, Subject,
 };
 use rocksdb::{ColumnFamily, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 use serde::{de::DeserializeOwned, Serialize};
+
+use crate::fifo::Fifo;
 
 /// Memory all memtables together may use before they are flushed to disk.
 const MEMTABLE_BUDGET: usize = 64 << 20;
 /// The block cache shared by every column family.
 const BLOCK_CACHE_BYTES: usize = 32 << 20;
+/// How many of the last certified events' certificate ranks are kept in memory.
+pub const RECENT_RANKS: usize = 65_536;
 
 /// Version of the on-disk layout; a store of another version is refused.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -175,6 +180,13 @@ pub struct Store {
     /// kept by the writes: the checkpoint schedule asks every tick, and a scan of the column
     /// would walk past the tombstones of every event checkpointed since the last compaction).
     pending: Arc<AtomicU64>,
+    /// The log's length (read once when opened, then kept by `apply`).
+    log_len: Arc<AtomicU64>,
+    /// The ranks of the certificates of the events certified last, kept by the writes: whether
+    /// an event is certified, and with which certificate, is asked for every vote that arrives
+    /// after the decision and for every entry of a peer's log at catch-up; each would otherwise
+    /// be a RocksDB read and a decode.
+    ranks: Arc<Mutex<Fifo<EventHash, Rank>>>,
 }
 
 /// What applying one certified event writes, beyond the event and its certificate.
@@ -209,6 +221,8 @@ impl Store {
         let store = Self {
             db: Arc::new(db),
             pending: Arc::default(),
+            log_len: Arc::default(),
+            ranks: Arc::new(Mutex::new(Fifo::new(RECENT_RANKS))),
         };
         match store.get_raw(Column::Meta, META_SCHEMA)? {
             None => {
@@ -234,6 +248,11 @@ impl Store {
             .iterator_cf(store.cf(Column::Uncheckpointed), IteratorMode::Start)
             .count();
         store.pending.store(pending as u64, Ordering::Relaxed);
+        let log_len = store
+            .get_raw(Column::Meta, META_LOG_LEN)?
+            .and_then(|v| v.as_slice().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0);
+        store.log_len.store(log_len, Ordering::Relaxed);
         Ok(store)
     }
 
@@ -263,11 +282,31 @@ impl Store {
     }
 
     /// Number of events in this operator's log.
-    pub fn log_len(&self) -> Result<u64, StoreError> {
-        Ok(self
-            .get_raw(Column::Meta, META_LOG_LEN)?
-            .and_then(|v| v.as_slice().try_into().ok().map(u64::from_be_bytes))
-            .unwrap_or(0))
+    pub fn log_len(&self) -> u64 {
+        self.log_len.load(Ordering::Relaxed)
+    }
+
+    fn recent_ranks(&self) -> std::sync::MutexGuard<'_, Fifo<EventHash, Rank>> {
+        // A panic while the lock was held cannot leave the map half-changed (single inserts).
+        self.ranks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `hash` is among the events certified here last (a quick yes; no is not an
+    /// answer: older events are not remembered).
+    pub fn recently_certified(&self, hash: &EventHash) -> bool {
+        self.recent_ranks().contains_key(hash)
+    }
+
+    /// The rank of the certificate held here for `hash` ([`Certificate::rank`]), if certified.
+    pub fn rank(
+        &self,
+        hash: &EventHash,
+        federation: &Federation,
+    ) -> Result<Option<Rank>, StoreError> {
+        if let Some(r) = self.recent_ranks().get(hash) {
+            return Ok(Some(r.clone()));
+        }
+        Ok(self.certificate(hash)?.map(|c| c.rank(federation)))
     }
 
     /// A certified event by hash.
@@ -373,16 +412,22 @@ impl Store {
         found.filter_map(Result::transpose).collect()
     }
 
-    /// Log entries `[from, from + limit)` as their certificates (no events decoded: what
-    /// catch-up compares).
-    pub fn log_certificates(
+    /// Log entries `[from, from + limit)` as hashes and certificate ranks (what catch-up
+    /// compares; recent ranks come from memory, older ones from the certificates).
+    pub fn log_entries(
         &self,
         from: u64,
         limit: usize,
-    ) -> Result<Vec<Certificate>, StoreError> {
+        federation: &Federation,
+    ) -> Result<Vec<LogEntry>, StoreError> {
         let hashes = self.log_hashes(from, limit)?;
-        let found = hashes.iter().map(|h| self.certificate(h));
-        found.filter_map(Result::transpose).collect()
+        let mut out = Vec::with_capacity(hashes.len());
+        for h in hashes {
+            if let Some(rank) = self.rank(&h, federation)? {
+                out.push(LogEntry::ranked(h, &rank));
+            }
+        }
+        Ok(out)
     }
 
     /// This operator's votes at a slot.
@@ -407,16 +452,18 @@ impl Store {
         Ok(())
     }
 
-    /// Applies a certified event: the event, its certificate, the chain index, the new state and
-    /// a log entry, in one atomic batch. Returns the event's log position.
+    /// Applies a certified event: the event, its certificate (of rank `rank`), the chain index,
+    /// the new state and a log entry, in one atomic batch. Returns the event's log position.
+    /// Only the event loop writes, so the log length and the ranks kept in memory follow.
     pub fn apply(
         &self,
         subject: &Subject,
         ce: &CertifiedEvent,
         change: &StateChange,
+        rank: Rank,
     ) -> Result<u64, StoreError> {
         let hash = ce.certificate.event;
-        let pos = self.log_len()?;
+        let pos = self.log_len();
         let mut b = WriteBatch::default();
         b.put_cf(self.cf(Column::Events), hash.0, encode(&ce.event));
         b.put_cf(
@@ -443,16 +490,22 @@ impl Store {
         }
         b.put_cf(self.cf(Column::Meta), META_LOG_LEN, (pos + 1).to_be_bytes());
         self.db.write(b)?;
+        self.log_len.store(pos + 1, Ordering::Relaxed);
         if pending {
             self.pending.fetch_add(1, Ordering::Relaxed);
         }
+        self.recent_ranks().insert(hash, rank);
         Ok(pos)
     }
 
-    /// Replaces the certificate of a certified event (by a canonical one with the same event).
-    pub fn replace_certificate(&self, cert: &Certificate) -> Result<(), StoreError> {
+    /// Replaces the certificate of a certified event (by a canonical one with the same event,
+    /// of rank `rank`).
+    pub fn replace_certificate(&self, cert: &Certificate, rank: Rank) -> Result<(), StoreError> {
         self.db
             .put_cf(self.cf(Column::Certificates), cert.event.0, encode(cert))?;
+        if let Some(r) = self.recent_ranks().get_mut(&cert.event) {
+            *r = rank;
+        }
         Ok(())
     }
 
@@ -632,8 +685,13 @@ mod tests {
         {
             let s = Store::open(dir.path()).unwrap();
             assert_eq!(
-                s.apply(&subject, &ce, &StateChange::Manufacturer(rec.clone()))
-                    .unwrap(),
+                s.apply(
+                    &subject,
+                    &ce,
+                    &StateChange::Manufacturer(rec.clone()),
+                    ce.certificate.rank(&f)
+                )
+                .unwrap(),
                 0
             );
             let mut v = OwnVotes::default();
@@ -641,15 +699,18 @@ mod tests {
             s.put_own_votes([(&subject, 0, &v)]).unwrap();
         }
         let s = Store::open(dir.path()).unwrap();
-        assert_eq!(s.log_len().unwrap(), 1);
+        assert_eq!(s.log_len(), 1);
         assert_eq!(s.certified(&hash).unwrap(), Some(ce.clone()));
-        assert_eq!(s.chain(&subject).unwrap(), vec![ce]);
+        assert_eq!(s.chain(&subject).unwrap(), vec![ce.clone()]);
         assert_eq!(s.manufacturer(&rec.id).unwrap(), Some(rec));
         assert_eq!(s.next_height(&subject).unwrap(), 1);
         assert_eq!(s.own_votes(&subject, 0).unwrap().prevotes, vec![(0, hash)]);
         assert_eq!(s.log_range(0, 10).unwrap().len(), 1);
-        assert_eq!(s.log_certificates(0, 10).unwrap().len(), 1);
-        assert_eq!(s.log_certificates(1, 10).unwrap().len(), 0);
+        // The rank comes from the certificate once the store is reopened (nothing in memory).
+        assert!(!s.recently_certified(&hash));
+        let entries = s.log_entries(0, 10, &f).unwrap();
+        assert_eq!(entries, vec![LogEntry::of(&ce.certificate, &f)]);
+        assert_eq!(s.log_entries(1, 10, &f).unwrap().len(), 0);
         assert_eq!(s.uncheckpointed_count(), 1);
         assert_eq!(s.uncheckpointed(10).unwrap(), vec![hash]);
     }
@@ -667,8 +728,11 @@ mod tests {
                 &ce.event.subject(hash),
                 &ce,
                 &StateChange::Manufacturer(rec),
+                ce.certificate.rank(&f),
             )
             .unwrap();
+            assert!(s.recently_certified(&hash));
+            assert_eq!(s.rank(&hash, &f).unwrap(), Some(ce.certificate.rank(&f)));
             hashes.push(hash);
         }
         assert_eq!(s.uncheckpointed_count(), 3);

@@ -233,6 +233,10 @@ impl Attestation {
     }
 }
 
+/// Where a certificate stands among the valid certificates of its event ([`Certificate::rank`]):
+/// its round, then its signers' operator indices ascending; smaller is preferred.
+pub type Rank = (u32, Vec<usize>);
+
 /// Proof that a quorum of the federation committed to an event: `m` commit votes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Certificate {
@@ -298,7 +302,7 @@ impl Certificate {
 
     /// Orders the valid certificates of one event so that operators settle on the same one:
     /// the lowest round first, then the lowest operator indices (smaller is preferred).
-    pub fn rank(&self, federation: &Federation) -> (u32, Vec<usize>) {
+    pub fn rank(&self, federation: &Federation) -> Rank {
         let indices = self
             .attestations
             .iter()

@@ -39,7 +39,7 @@ mod test_util {
 mod tests;
 
 pub use certificate::{
-    Attestation, BatchVote, Certificate, CertificateError, Phase, VerifiedBatch, Vote,
+    Attestation, BatchVote, Certificate, CertificateError, Phase, Rank, VerifiedBatch, Vote,
 };
 pub use encoding::{decode, encode, DecodeError};
 pub use event::{Event, EventBody, EventError, EventKind, Subject};

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{Checkpoint, FinalCheckpoint};
+use crate::certificate::Rank;
 use crate::{BatchVote, CertifiedEvent, Event, EventHash, Subject};
 
 /// Largest number of certified events in one catch-up response.
@@ -101,16 +102,20 @@ pub struct LogEntry {
 impl LogEntry {
     /// The entry for a certificate held here.
     pub fn of(certificate: &crate::Certificate, federation: &crate::Federation) -> Self {
-        let (round, signers) = certificate.rank(federation);
+        Self::ranked(certificate.event, &certificate.rank(federation))
+    }
+
+    /// The entry for `event` certified with rank `rank`.
+    pub fn ranked(event: EventHash, (round, signers): &Rank) -> Self {
         Self {
-            event: certificate.event,
-            round,
-            signers: signers.into_iter().map(|i| i as u32).collect(),
+            event,
+            round: *round,
+            signers: signers.iter().map(|&i| i as u32).collect(),
         }
     }
 
     /// The rank this entry claims, comparable with [`crate::Certificate::rank`].
-    pub fn rank(&self) -> (u32, Vec<usize>) {
+    pub fn rank(&self) -> Rank {
         (
             self.round,
             self.signers.iter().map(|&i| i as usize).collect(),

@@ -14,8 +14,8 @@ use hallmark_p2p::{Command, P2pHandle, PeerId};
 use hallmark_protocol::consensus::{Action, Slot, SlotConfig};
 use hallmark_protocol::{
     apply_item_event, encode, Attestation, BatchVote, Certificate, CertifiedEvent, Event,
-    EventHash, EventKind, Federation, ItemState, ItemStatus, ManufacturerId, ManufacturerRecord,
-    OfferRecord, Phase, SigningKey, Subject, VerifiedBatch, Vote,
+    EventHash, EventKind, Federation, ItemId, ItemState, ItemStatus, ManufacturerId,
+    ManufacturerRecord, OfferRecord, Phase, SigningKey, Subject, VerifiedBatch, Vote,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -28,6 +28,7 @@ pub use checkpoints::{CheckpointConfig, MAX_EVENTS_PER_CHECKPOINT};
 use hallmark_protocol::checkpoint::CheckpointHash;
 
 use crate::anchoring::{AnchorCmd, ChainEvent};
+use crate::fifo::Fifo;
 use crate::metrics;
 use crate::payments::{PaymentAdapter, MAX_ESCROW_BLOCKS};
 use crate::store::{slot_key, FinalCheckpoint, StateChange, Store, StoreError};
@@ -52,6 +53,9 @@ const CHAIN_FETCH_EVERY: Duration = Duration::from_secs(2);
 const FLUSH_EVERY: Duration = Duration::from_millis(2);
 /// Slots in flight from which the loop counts as loaded (and waits to batch votes).
 const BUSY_SLOTS: usize = 16;
+
+/// How many item states the loop keeps in memory.
+const ITEM_CACHE: usize = 65_536;
 
 /// How often stalled rounds and catch-up are checked.
 const TICK: Duration = Duration::from_millis(200);
@@ -225,6 +229,10 @@ pub struct Engine {
     chain_tip: Option<u32>,
     submitted_at: HashMap<EventHash, Instant>,
     locked_at: HashMap<hallmark_protocol::ItemId, Instant>,
+    /// Item states (or their absence) as the store holds them, for the items read or written
+    /// last: the loop is the store's only writer, so it keeps them exact, and validating and
+    /// applying an event reads its item's state several times.
+    items: Fifo<ItemId, Option<ItemState>>,
 }
 
 impl Engine {
@@ -275,6 +283,7 @@ impl Engine {
             chain_tip: None,
             submitted_at: HashMap::new(),
             locked_at: HashMap::new(),
+            items: Fifo::new(ITEM_CACHE),
         }
         .with_unanchored_checkpoints()
     }
@@ -298,6 +307,42 @@ impl Engine {
         self.cp_candidates
             .get(target)
             .map(|p| (Subject::Checkpoint, p.checkpoint.number))
+    }
+
+    /// An item's certified state.
+    fn item(&mut self, id: &ItemId) -> Result<Option<ItemState>, StoreError> {
+        if let Some(s) = self.items.get(id) {
+            return Ok(s.clone());
+        }
+        let s = self.cfg.store.item(id)?;
+        self.items.insert(*id, s.clone());
+        Ok(s)
+    }
+
+    /// Next height of a subject's chain.
+    fn next_height(&mut self, subject: &Subject) -> Result<u64, StoreError> {
+        match subject {
+            Subject::Item(i) => Ok(self.item(i)?.map_or(0, |s| s.height + 1)),
+            _ => self.cfg.store.next_height(subject),
+        }
+    }
+
+    /// Whether `hash`, an event at `height` of `subject`'s chain, is certified (and applied)
+    /// here. Most events asked about are new, at or above their chain's next height: answered
+    /// without reading the store.
+    fn is_certified(
+        &mut self,
+        hash: &EventHash,
+        subject: &Subject,
+        height: u64,
+    ) -> Result<bool, StoreError> {
+        if self.cfg.store.recently_certified(hash) {
+            return Ok(true);
+        }
+        if height >= self.next_height(subject)? {
+            return Ok(false);
+        }
+        Ok(self.cfg.store.chain_at(subject, height)? == Some(*hash))
     }
 
     /// Runs until `cancel` fires or every input sender is gone.
@@ -434,7 +479,13 @@ impl Engine {
         hash: EventHash,
         reply: Option<Reply>,
     ) -> Result<Option<(Submitted, Reply)>, (Rejection, Option<Reply>)> {
-        match self.cfg.store.certified(&hash) {
+        let certified = self
+            .is_certified(&hash, &event.subject(hash), event.body.height)
+            .and_then(|yes| match yes {
+                true => self.cfg.store.certified(&hash),
+                false => Ok(None),
+            });
+        match certified {
             Ok(Some(ce)) => return Ok(reply.map(|r| (Submitted::Certified(Box::new(ce)), r))),
             Ok(None) => {}
             Err(e) => return Err((e.into(), reply)),
@@ -470,7 +521,7 @@ impl Engine {
                     reply,
                 ));
             };
-            let escrow = match self.cfg.store.item(&match subject {
+            let escrow = match self.item(&match subject {
                 Subject::Item(i) => i,
                 _ => unreachable!("settle and expire are item events"),
             }) {
@@ -556,31 +607,33 @@ impl Engine {
     }
 
     /// Contextual validation against the certified state. Returns the event's slot.
-    fn validate(&self, event: &Event, hash: EventHash) -> Result<(Subject, u64), Rejection> {
+    fn validate(&mut self, event: &Event, hash: EventHash) -> Result<(Subject, u64), Rejection> {
         let _timer = metrics::VALIDATION_SECONDS.start_timer();
         self.validate_inner(event, hash)
     }
 
-    fn validate_inner(&self, event: &Event, hash: EventHash) -> Result<(Subject, u64), Rejection> {
-        let store = &self.cfg.store;
+    fn validate_inner(
+        &mut self,
+        event: &Event,
+        hash: EventHash,
+    ) -> Result<(Subject, u64), Rejection> {
         let subject = event.subject(hash);
         let height = event.body.height;
-        if let Some(existing) = store.chain_at(&subject, height)? {
-            return Err(if existing == hash {
-                Rejection::new("already_certified", "event is already certified")
-            } else {
-                Rejection::new(
+        let next = self.next_height(&subject)?;
+        if height < next {
+            return Err(match self.cfg.store.chain_at(&subject, height)? {
+                Some(existing) if existing == hash => {
+                    Rejection::new("already_certified", "event is already certified")
+                }
+                Some(_) => Rejection::new(
                     "stale_height",
                     format!("height {height} is already certified for another event (replay?)"),
-                )
+                ),
+                None => Rejection::new(
+                    "stale_height",
+                    format!("height {height} is below the chain's next height {next}"),
+                ),
             });
-        }
-        let next = store.next_height(&subject)?;
-        if height < next {
-            return Err(Rejection::new(
-                "stale_height",
-                format!("height {height} is below the chain's next height {next}"),
-            ));
         }
         if height > next {
             return Err(Rejection::new(
@@ -594,7 +647,7 @@ impl Engine {
             EventKind::RegisterManufacturer { .. } => {}
             EventKind::Mint { .. } => {
                 let m = ManufacturerId::of(&event.body.author);
-                if store.manufacturer(&m)?.is_none() {
+                if self.cfg.store.manufacturer(&m)?.is_none() {
                     return Err(Rejection::new(
                         "unknown_manufacturer",
                         format!("manufacturer {m} is not registered"),
@@ -605,7 +658,7 @@ impl Engine {
             EventKind::CreateOffer { item, .. } => {
                 let offer = OfferRecord::from_event(event, hash).map_err(transition)?;
                 offer
-                    .check_against(store.item(item)?.as_ref())
+                    .check_against(self.item(item)?.as_ref())
                     .map_err(transition)?;
             }
             EventKind::Transfer { item, .. }
@@ -614,7 +667,7 @@ impl Engine {
             | EventKind::ReportStolen { item }
             | EventKind::Recover { item }
             | EventKind::Retire { item } => {
-                let state = store.item(item)?;
+                let state = self.item(item)?;
                 apply_item_event(&self.cfg.federation, state.as_ref(), event, hash)
                     .map_err(transition)?;
             }
@@ -625,7 +678,7 @@ impl Engine {
                         "accept_offer must embed a create_offer",
                     ));
                 };
-                let state = store.item(&item)?;
+                let state = self.item(&item)?;
                 apply_item_event(&self.cfg.federation, state.as_ref(), event, hash)
                     .map_err(transition)?;
                 if let (Some(p), EventKind::AcceptOffer { invoice, .. }) =
@@ -779,10 +832,16 @@ impl Engine {
                 keep_commit(self);
                 let actions = self.slot_entry(key).slot.add_vote(op, *vote);
                 self.act(key, actions);
-            } else if let Some(stored) = self.cfg.store.certificate(&vote.event)? {
-                if vote.phase == Phase::Commit && vote.round == stored.round {
-                    let att = batch.attestation(i).expect("index within the batch");
-                    self.upgrade_certificate(&stored, vote.round, [att])?;
+            } else if let Some(rank) = self.cfg.store.rank(&vote.event, &self.cfg.federation)? {
+                // A late commit vote improves the certificate only if it is of the same round
+                // and from an operator that ranks before one of the signers.
+                let (round, signers) = &rank;
+                let improves = !signers.contains(&op) && signers.iter().any(|&s| s > op);
+                if vote.phase == Phase::Commit && vote.round == *round && improves {
+                    if let Some(stored) = self.cfg.store.certificate(&vote.event)? {
+                        let att = batch.attestation(i).expect("index within the batch");
+                        self.upgrade_certificate(&stored, vote.round, [att])?;
+                    }
                 }
             } else if self.retired.lost(&vote.event) {
                 if let Some((key, evidence)) = self.retired.witness(op, *vote) {
@@ -802,10 +861,10 @@ impl Engine {
 
     /// An event gossiped by another operator: validate it and, if valid, take it as a candidate.
     fn consider(&mut self, event: Event, hash: EventHash) -> Result<(), StoreError> {
-        if self.candidates.contains_key(&hash) || self.cfg.store.certificate(&hash)?.is_some() {
+        let key = (event.subject(hash), event.body.height);
+        if self.candidates.contains_key(&hash) || self.is_certified(&hash, &key.0, key.1)? {
             return Ok(());
         }
-        let key = (event.subject(hash), event.body.height);
         match self.admit(event.clone(), hash, None) {
             Ok(_) => {}
             Err((r, _)) if r.code == "future_height" => {
@@ -885,8 +944,9 @@ impl Engine {
             return Ok(());
         };
         let fed = &self.cfg.federation;
-        if best.rank(fed) < stored.rank(fed) {
-            self.cfg.store.replace_certificate(&best)?;
+        let rank = best.rank(fed);
+        if rank < stored.rank(fed) {
+            self.cfg.store.replace_certificate(&best, rank)?;
         }
         Ok(())
     }
@@ -906,14 +966,16 @@ impl Engine {
     /// A certified event (ours, gossiped, or caught up; certificate already verified).
     fn on_certified(&mut self, ce: CertifiedEvent) -> Result<(), StoreError> {
         let hash = ce.certificate.event;
-        if let Some(stored) = self.cfg.store.certificate(&hash)? {
-            let round = ce.certificate.round;
-            self.upgrade_certificate(&stored, round, ce.certificate.attestations)?;
-            return Ok(());
-        }
         let subject = ce.event.subject(hash);
         let height = ce.event.body.height;
-        let next = self.cfg.store.next_height(&subject)?;
+        if self.is_certified(&hash, &subject, height)? {
+            if let Some(stored) = self.cfg.store.certificate(&hash)? {
+                let round = ce.certificate.round;
+                self.upgrade_certificate(&stored, round, ce.certificate.attestations)?;
+            }
+            return Ok(());
+        }
+        let next = self.next_height(&subject)?;
         if height < next {
             error!(%hash, height, "a different event is already certified at this height: safety violated?");
             metrics::CONFLICTING_CERTIFICATES.inc();
@@ -943,7 +1005,6 @@ impl Engine {
             event: ce.event.clone(),
             certificate: self.with_collected_votes(&ce.certificate),
         };
-        let store = &self.cfg.store;
         let change = match &ce.event.body.kind {
             EventKind::RegisterManufacturer { .. } => {
                 ManufacturerRecord::from_event(&ce.event, hash).map(StateChange::Manufacturer)
@@ -955,7 +1016,7 @@ impl Engine {
                 let Subject::Item(item) = subject else {
                     unreachable!("item events have item subjects")
                 };
-                let state = store.item(&item)?;
+                let state = self.item(&item)?;
                 apply_item_event(&self.cfg.federation, state.as_ref(), &ce.event, hash)
                     .map(StateChange::Item)
             }
@@ -969,7 +1030,11 @@ impl Engine {
             }
         };
         let height = ce.event.body.height;
-        store.apply(&subject, ce, &change)?;
+        let rank = ce.certificate.rank(&self.cfg.federation);
+        self.cfg.store.apply(&subject, ce, &change, rank)?;
+        if let StateChange::Item(state) = change {
+            self.items.insert(state.id, Some(state));
+        }
         metrics::CERTIFIED
             .with_label_values(&[ce.event.body.kind.name()])
             .inc();
@@ -1394,8 +1459,8 @@ async fn request(p2p: &P2pHandle, peer: PeerId, rpc: &Rpc) -> Option<RpcResponse
 /// Whether a peer's log entry names an event this operator lacks, or holds with a certificate
 /// that ranks after the peer's (then the peer's is fetched, checked and kept).
 fn wants(store: &Store, federation: &Federation, entry: &LogEntry) -> bool {
-    match store.certificate(&entry.event) {
-        Ok(Some(ours)) => entry.rank() < ours.rank(federation),
+    match store.rank(&entry.event, federation) {
+        Ok(Some(ours)) => entry.rank() < ours,
         Ok(None) => true,
         Err(_) => false,
     }
@@ -1404,16 +1469,16 @@ fn wants(store: &Store, federation: &Federation, entry: &LogEntry) -> bool {
 /// Whether this operator already holds `ce`'s event certified (then its certificate need not be
 /// checked again: certificate checks are the bulk of an operator's CPU).
 fn holds(store: &Store, federation: &Federation, ce: &CertifiedEvent) -> bool {
-    match store.certificate(&ce.certificate.event) {
+    match store.rank(&ce.certificate.event, federation) {
         // Unless it carries a certificate that ranks before ours: then it is checked and kept.
-        Ok(Some(ours)) => ours.rank(federation) <= ce.certificate.rank(federation),
+        Ok(Some(ours)) => ours <= ce.certificate.rank(federation),
         _ => false,
     }
 }
 
 /// Answers a catch-up request from the store (called off the event loop).
 pub fn serve_rpc(store: &Store, federation: &Federation, request: &[u8]) -> Vec<u8> {
-    let log_len = store.log_len().unwrap_or(0);
+    let log_len = store.log_len();
     let next_checkpoint = store.next_checkpoint().unwrap_or(0);
     let mut resp = RpcResponse {
         log_len,
@@ -1425,11 +1490,8 @@ pub fn serve_rpc(store: &Store, federation: &Federation, request: &[u8]) -> Vec<
     match hallmark_protocol::decode::<Rpc>(request) {
         Ok(Rpc::LogRange { from, limit }) => {
             resp.log = store
-                .log_certificates(from, (limit as usize).min(MAX_CATCHUP_LOG))
-                .unwrap_or_default()
-                .iter()
-                .map(|c| LogEntry::of(c, federation))
-                .collect();
+                .log_entries(from, (limit as usize).min(MAX_CATCHUP_LOG), federation)
+                .unwrap_or_default();
         }
         Ok(Rpc::Chain {
             subject,
