@@ -113,8 +113,8 @@ impl Column {
 }
 
 const META_SCHEMA: &[u8] = b"schema_version";
-const META_LOG_LEN: &[u8] = b"log_len";
 const META_NEXT_CHECKPOINT: &[u8] = b"next_checkpoint";
+const META_AHEAD: &[u8] = b"checkpointed_ahead";
 const WALLET_KEY: &[u8] = b"changeset";
 
 /// A checkpoint's Bitcoin anchor as this operator saw it confirmed.
@@ -180,8 +180,12 @@ pub struct Store {
     /// kept by the writes: the checkpoint schedule asks every tick, and a scan of the column
     /// would walk past the tombstones of every event checkpointed since the last compaction).
     pending: Arc<AtomicU64>,
-    /// The log's length (read once when opened, then kept by `apply`).
+    /// The log's length (found once when opened, then kept by `apply`).
     log_len: Arc<AtomicU64>,
+    /// At least the number of events final checkpoints cover that are not certified here yet
+    /// (stored under `META_AHEAD`): while it is zero, no event being applied can already be in
+    /// a checkpoint, and `apply` need not look.
+    ahead: Arc<AtomicU64>,
     /// The ranks of the certificates of the events certified last, kept by the writes: whether
     /// an event is certified, and with which certificate, is asked for every vote that arrives
     /// after the decision and for every entry of a peer's log at catch-up; each would otherwise
@@ -222,6 +226,7 @@ impl Store {
             db: Arc::new(db),
             pending: Arc::default(),
             log_len: Arc::default(),
+            ahead: Arc::default(),
             ranks: Arc::new(Mutex::new(Fifo::new(RECENT_RANKS))),
         };
         match store.get_raw(Column::Meta, META_SCHEMA)? {
@@ -248,11 +253,34 @@ impl Store {
             .iterator_cf(store.cf(Column::Uncheckpointed), IteratorMode::Start)
             .count();
         store.pending.store(pending as u64, Ordering::Relaxed);
-        let log_len = store
-            .get_raw(Column::Meta, META_LOG_LEN)?
-            .and_then(|v| v.as_slice().try_into().ok().map(u64::from_be_bytes))
-            .unwrap_or(0);
+        let last = store
+            .db
+            .iterator_cf(store.cf(Column::Log), IteratorMode::End)
+            .next()
+            .transpose()?;
+        let log_len = last
+            .and_then(|(k, _)| <[u8; 8]>::try_from(k.as_ref()).ok())
+            .map_or(0, |k| u64::from_be_bytes(k) + 1);
         store.log_len.store(log_len, Ordering::Relaxed);
+        let ahead = match store.get_raw(Column::Meta, META_AHEAD)? {
+            Some(v) => v.as_slice().try_into().map_or(u64::MAX, u64::from_be_bytes), // unreadable: always look
+            // A store written before the count was kept: count once.
+            None => {
+                let mut n = 0u64;
+                for kv in store
+                    .db
+                    .iterator_cf(store.cf(Column::CheckpointOf), IteratorMode::Start)
+                {
+                    let (k, _) = kv?;
+                    n += u64::from(store.get_raw(Column::Certificates, &k)?.is_none());
+                }
+                store
+                    .db
+                    .put_cf(store.cf(Column::Meta), META_AHEAD, n.to_be_bytes())?;
+                n
+            }
+        };
+        store.ahead.store(ahead, Ordering::Relaxed);
         Ok(store)
     }
 
@@ -484,15 +512,19 @@ impl Store {
             StateChange::Item(i) => b.put_cf(self.cf(Column::Items), i.id.0, encode(i)),
         }
         b.put_cf(self.cf(Column::Log), pos.to_be_bytes(), hash.0);
-        let pending = self.checkpoint_of(&hash)?.is_none();
+        let ahead = self.ahead.load(Ordering::Relaxed);
+        let pending = ahead == 0 || self.checkpoint_of(&hash)?.is_none();
         if pending {
             b.put_cf(self.cf(Column::Uncheckpointed), hash.0, []);
+        } else {
+            b.put_cf(self.cf(Column::Meta), META_AHEAD, (ahead - 1).to_be_bytes());
         }
-        b.put_cf(self.cf(Column::Meta), META_LOG_LEN, (pos + 1).to_be_bytes());
         self.db.write(b)?;
         self.log_len.store(pos + 1, Ordering::Relaxed);
         if pending {
             self.pending.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.ahead.store(ahead - 1, Ordering::Relaxed);
         }
         self.recent_ranks().insert(hash, rank);
         Ok(pos)
@@ -603,8 +635,13 @@ impl Store {
             META_NEXT_CHECKPOINT,
             (n + 1).to_be_bytes(),
         );
+        // The events it covers that are not certified here (or were already covered).
+        let ahead = (self.ahead.load(Ordering::Relaxed))
+            .saturating_add(f.events.len() as u64 - covered);
+        b.put_cf(self.cf(Column::Meta), META_AHEAD, ahead.to_be_bytes());
         self.db.write(b)?;
         self.pending.fetch_sub(covered, Ordering::Relaxed);
+        self.ahead.store(ahead, Ordering::Relaxed);
         Ok(())
     }
 
@@ -720,24 +757,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = federation(3, 4);
         let s = Store::open(dir.path()).unwrap();
-        let mut hashes = Vec::new();
-        for i in 1..=3 {
-            let (ce, rec) = registration(&f, i);
+        let apply = |s: &Store, ce: &CertifiedEvent, rec| {
             let hash = ce.certificate.event;
             s.apply(
                 &ce.event.subject(hash),
-                &ce,
+                ce,
                 &StateChange::Manufacturer(rec),
                 ce.certificate.rank(&f),
             )
             .unwrap();
             assert!(s.recently_certified(&hash));
             assert_eq!(s.rank(&hash, &f).unwrap(), Some(ce.certificate.rank(&f)));
-            hashes.push(hash);
+        };
+        let mut hashes = Vec::new();
+        for i in 1..=3 {
+            let (ce, rec) = registration(&f, i);
+            apply(&s, &ce, rec);
+            hashes.push(ce.certificate.event);
         }
         assert_eq!(s.uncheckpointed_count(), 3);
-        // A checkpoint over two of them and an event this operator does not hold (yet).
-        let mut events = vec![hashes[0], hashes[2], EventHash([9; 32])];
+        // A checkpoint over two of them and an event this operator does not hold yet.
+        let (late, late_rec) = registration(&f, 4);
+        let mut events = vec![hashes[0], hashes[2], late.certificate.event];
         let (checkpoint, _) =
             Checkpoint::build(f.id(), 0, CheckpointHash::ZERO, &mut events).unwrap();
         let certificate = Certificate {
@@ -755,8 +796,41 @@ mod tests {
         .unwrap();
         assert_eq!(s.uncheckpointed_count(), 1);
         assert_eq!(s.uncheckpointed(10).unwrap(), vec![hashes[1]]);
+        assert_eq!(s.ahead.load(Ordering::Relaxed), 1);
         drop(s);
-        assert_eq!(Store::open(dir.path()).unwrap().uncheckpointed_count(), 1);
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.uncheckpointed_count(), 1);
+        assert_eq!(s.ahead.load(Ordering::Relaxed), 1);
+        // Certified after the checkpoint that covers it: not waiting for another checkpoint.
+        apply(&s, &late, late_rec);
+        assert_eq!(s.uncheckpointed_count(), 1);
+        assert_eq!(s.ahead.load(Ordering::Relaxed), 0);
+        assert_eq!(s.checkpoint_of(&late.certificate.event).unwrap(), Some(0));
+        drop(s);
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!((s.uncheckpointed_count(), s.log_len()), (1, 4));
+        assert_eq!(s.ahead.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_store_without_the_checkpointed_ahead_count_counts_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = federation(3, 4);
+        let (ce, rec) = registration(&f, 1);
+        {
+            let s = Store::open(dir.path()).unwrap();
+            let hash = ce.certificate.event;
+            let rank = ce.certificate.rank(&f);
+            s.apply(&ce.event.subject(hash), &ce, &StateChange::Manufacturer(rec), rank)
+                .unwrap();
+            // As an older build left it: two events covered by a checkpoint, one certified.
+            let cf = s.cf(Column::CheckpointOf);
+            s.db.put_cf(cf, hash.0, 0u64.to_be_bytes()).unwrap();
+            s.db.put_cf(cf, [7; 32], 0u64.to_be_bytes()).unwrap();
+            s.db.delete_cf(s.cf(Column::Meta), META_AHEAD).unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.ahead.load(Ordering::Relaxed), 1);
     }
 
     #[test]
