@@ -35,12 +35,12 @@ const MEMTABLE_BUCKETS: usize = 1 << 18;
 pub const RECENT_RANKS: usize = 65_536;
 
 /// Version of the on-disk layout; a store of another version is refused.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Every column family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Column {
-    /// Schema version, log length.
+    /// Schema version, next checkpoint number, the count of checkpointed events not held.
     Meta,
     /// Event hash -> certified `Event`.
     Events,
@@ -247,9 +247,8 @@ impl Store {
         opts.set_block_based_table_factory(&tables);
         // One writer (the event loop) at a time: hash-based memtables need this off.
         opts.set_allow_concurrent_memtable_write(false);
-        let columns = Column::ALL.map(|c| {
-            rocksdb::ColumnFamilyDescriptor::new(c.name(), c.options(opts.clone()))
-        });
+        let columns = Column::ALL
+            .map(|c| rocksdb::ColumnFamilyDescriptor::new(c.name(), c.options(opts.clone())));
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         let db = DB::open_cf_descriptors(&opts, dir, columns)?;
@@ -260,25 +259,12 @@ impl Store {
             ahead: Arc::default(),
             ranks: Arc::new(Mutex::new(Fifo::new(RECENT_RANKS))),
         };
-        match store.get_raw(Column::Meta, META_SCHEMA)? {
-            None => {
-                store.db.put_cf(
-                    store.cf(Column::Meta),
-                    META_SCHEMA,
-                    SCHEMA_VERSION.to_be_bytes(),
-                )?;
-            }
-            Some(v) => {
-                let found = v
-                    .as_slice()
-                    .try_into()
-                    .map(u32::from_be_bytes)
-                    .unwrap_or(u32::MAX);
-                if found != SCHEMA_VERSION {
-                    return Err(StoreError::Schema { found });
-                }
-            }
-        }
+        let version = store.get_raw(Column::Meta, META_SCHEMA)?.map(|v| {
+            v.as_slice()
+                .try_into()
+                .map(u32::from_be_bytes)
+                .unwrap_or(u32::MAX)
+        });
         let pending = store
             .db
             .iterator_cf(store.cf(Column::Uncheckpointed), IteratorMode::Start)
@@ -289,30 +275,59 @@ impl Store {
             .iterator_cf(store.cf(Column::Log), IteratorMode::End)
             .next()
             .transpose()?;
-        let log_len = last
-            .and_then(|(k, _)| <[u8; 8]>::try_from(k.as_ref()).ok())
-            .map_or(0, |k| u64::from_be_bytes(k) + 1);
-        store.log_len.store(log_len, Ordering::Relaxed);
-        let ahead = match store.get_raw(Column::Meta, META_AHEAD)? {
-            Some(v) => v.as_slice().try_into().map_or(u64::MAX, u64::from_be_bytes), // unreadable: always look
-            // A store written before the count was kept: count once.
-            None => {
-                let mut n = 0u64;
-                for kv in store
-                    .db
-                    .iterator_cf(store.cf(Column::CheckpointOf), IteratorMode::Start)
-                {
-                    let (k, _) = kv?;
-                    n += u64::from(store.get_raw(Column::Certificates, &k)?.is_none());
+        let log_len = match last {
+            None => 0,
+            Some((k, _)) => match <[u8; 8]>::try_from(k.as_ref()) {
+                Ok(k) => u64::from_be_bytes(k) + 1,
+                Err(_) => {
+                    return Err(StoreError::Corrupt {
+                        column: Column::Log.name(),
+                        error: hallmark_protocol::DecodeError::Malformed("bad position".into()),
+                    })
                 }
-                store
-                    .db
-                    .put_cf(store.cf(Column::Meta), META_AHEAD, n.to_be_bytes())?;
-                n
-            }
+            },
         };
+        store.log_len.store(log_len, Ordering::Relaxed);
+        let ahead = match version {
+            None => 0,
+            Some(SCHEMA_VERSION) => match store.get_raw(Column::Meta, META_AHEAD)? {
+                // Unreadable: always look (it is only an upper bound).
+                Some(v) => v.as_slice().try_into().map_or(u64::MAX, u64::from_be_bytes),
+                None => store.count_ahead()?,
+            },
+            // Version 1 kept the log length in Meta and no count: count once. The version
+            // changes so that a version 1 build refuses the store (it would trust a stale log
+            // length and append over the log).
+            Some(1) => store.count_ahead()?,
+            Some(found) => return Err(StoreError::Schema { found }),
+        };
+        if version != Some(SCHEMA_VERSION) {
+            let mut b = WriteBatch::default();
+            b.put_cf(store.cf(Column::Meta), META_AHEAD, ahead.to_be_bytes());
+            b.put_cf(
+                store.cf(Column::Meta),
+                META_SCHEMA,
+                SCHEMA_VERSION.to_be_bytes(),
+            );
+            let mut wo = WriteOptions::default();
+            wo.set_sync(true);
+            store.db.write_opt(b, &wo)?;
+        }
         store.ahead.store(ahead, Ordering::Relaxed);
         Ok(store)
+    }
+
+    /// Events covered by final checkpoints and not certified here (one scan).
+    fn count_ahead(&self) -> Result<u64, StoreError> {
+        let mut n = 0u64;
+        for kv in self
+            .db
+            .iterator_cf(self.cf(Column::CheckpointOf), IteratorMode::Start)
+        {
+            let (k, _) = kv?;
+            n += u64::from(self.get_raw(Column::Certificates, &k)?.is_none());
+        }
+        Ok(n)
     }
 
     fn cf(&self, c: Column) -> &ColumnFamily {
@@ -667,8 +682,8 @@ impl Store {
             (n + 1).to_be_bytes(),
         );
         // The events it covers that are not certified here (or were already covered).
-        let ahead = (self.ahead.load(Ordering::Relaxed))
-            .saturating_add(f.events.len() as u64 - covered);
+        let ahead =
+            (self.ahead.load(Ordering::Relaxed)).saturating_add(f.events.len() as u64 - covered);
         b.put_cf(self.cf(Column::Meta), META_AHEAD, ahead.to_be_bytes());
         self.db.write(b)?;
         self.pending.fetch_sub(covered, Ordering::Relaxed);
@@ -844,7 +859,7 @@ mod tests {
     }
 
     #[test]
-    fn a_store_without_the_checkpointed_ahead_count_counts_once() {
+    fn a_version_1_store_is_upgraded_counting_checkpointed_events_once() {
         let dir = tempfile::tempdir().unwrap();
         let f = federation(3, 4);
         let (ce, rec) = registration(&f, 1);
@@ -852,16 +867,34 @@ mod tests {
             let s = Store::open(dir.path()).unwrap();
             let hash = ce.certificate.event;
             let rank = ce.certificate.rank(&f);
-            s.apply(&ce.event.subject(hash), &ce, &StateChange::Manufacturer(rec), rank)
-                .unwrap();
+            s.apply(
+                &ce.event.subject(hash),
+                &ce,
+                &StateChange::Manufacturer(rec),
+                rank,
+            )
+            .unwrap();
             // As an older build left it: two events covered by a checkpoint, one certified.
             let cf = s.cf(Column::CheckpointOf);
             s.db.put_cf(cf, hash.0, 0u64.to_be_bytes()).unwrap();
             s.db.put_cf(cf, [7; 32], 0u64.to_be_bytes()).unwrap();
             s.db.delete_cf(s.cf(Column::Meta), META_AHEAD).unwrap();
+            s.db.put_cf(s.cf(Column::Meta), META_SCHEMA, 1u32.to_be_bytes())
+                .unwrap();
         }
         let s = Store::open(dir.path()).unwrap();
         assert_eq!(s.ahead.load(Ordering::Relaxed), 1);
+        assert_eq!(s.log_len(), 1);
+        let version = s.get_raw(Column::Meta, META_SCHEMA).unwrap().unwrap();
+        assert_eq!(version, SCHEMA_VERSION.to_be_bytes());
+        drop(s);
+        assert_eq!(
+            Store::open(dir.path())
+                .unwrap()
+                .ahead
+                .load(Ordering::Relaxed),
+            1
+        );
     }
 
     #[test]

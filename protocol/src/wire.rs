@@ -2,8 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{Checkpoint, FinalCheckpoint};
 use crate::certificate::Rank;
+use crate::checkpoint::{Checkpoint, FinalCheckpoint};
 use crate::{BatchVote, CertifiedEvent, Event, EventHash, Subject};
 
 /// Largest number of certified events in one catch-up response.
