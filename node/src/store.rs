@@ -682,8 +682,10 @@ impl Store {
             (n + 1).to_be_bytes(),
         );
         // The events it covers that are not certified here (or were already covered).
-        let ahead =
-            (self.ahead.load(Ordering::Relaxed)).saturating_add(f.events.len() as u64 - covered);
+        let ahead = self
+            .ahead
+            .load(Ordering::Relaxed)
+            .saturating_add(f.events.len() as u64 - covered);
         b.put_cf(self.cf(Column::Meta), META_AHEAD, ahead.to_be_bytes());
         self.db.write(b)?;
         self.pending.fetch_sub(covered, Ordering::Relaxed);
@@ -792,7 +794,10 @@ mod tests {
         // The rank comes from the certificate once the store is reopened (nothing in memory).
         assert!(!s.recently_certified(&hash));
         let entries = s.log_entries(0, 10, &f).unwrap();
-        assert_eq!(entries, vec![LogEntry::of(&ce.certificate, &f)]);
+        assert_eq!(
+            entries,
+            vec![LogEntry::ranked(hash, &ce.certificate.rank(&f))]
+        );
         assert_eq!(s.log_entries(1, 10, &f).unwrap().len(), 0);
         assert_eq!(s.uncheckpointed_count(), 1);
         assert_eq!(s.uncheckpointed(10).unwrap(), vec![hash]);

@@ -100,11 +100,6 @@ pub struct LogEntry {
 }
 
 impl LogEntry {
-    /// The entry for a certificate held here.
-    pub fn of(certificate: &crate::Certificate, federation: &crate::Federation) -> Self {
-        Self::ranked(certificate.event, &certificate.rank(federation))
-    }
-
     /// The entry for `event` certified with rank `rank`.
     pub fn ranked(event: EventHash, (round, signers): &Rank) -> Self {
         Self {

@@ -479,12 +479,13 @@ impl Engine {
         hash: EventHash,
         reply: Option<Reply>,
     ) -> Result<Option<(Submitted, Reply)>, (Rejection, Option<Reply>)> {
-        let certified = self
-            .is_certified(&hash, &event.subject(hash), event.body.height)
-            .and_then(|yes| match yes {
-                true => self.cfg.store.certified(&hash),
-                false => Ok(None),
-            });
+        // A peer's event that is certified already needs nothing; a client gets the certificate.
+        let certified = match self.is_certified(&hash, &event.subject(hash), event.body.height) {
+            Ok(true) if reply.is_none() => return Ok(None),
+            Ok(true) => self.cfg.store.certified(&hash),
+            Ok(false) => Ok(None),
+            Err(e) => Err(e),
+        };
         match certified {
             Ok(Some(ce)) => return Ok(reply.map(|r| (Submitted::Certified(Box::new(ce)), r))),
             Ok(None) => {}
@@ -861,10 +862,11 @@ impl Engine {
 
     /// An event gossiped by another operator: validate it and, if valid, take it as a candidate.
     fn consider(&mut self, event: Event, hash: EventHash) -> Result<(), StoreError> {
-        let key = (event.subject(hash), event.body.height);
-        if self.candidates.contains_key(&hash) || self.is_certified(&hash, &key.0, key.1)? {
+        if self.candidates.contains_key(&hash) {
             return Ok(());
         }
+        // (`admit` answers nothing for an event certified already.)
+        let key = (event.subject(hash), event.body.height);
         match self.admit(event.clone(), hash, None) {
             Ok(_) => {}
             Err((r, _)) if r.code == "future_height" => {
