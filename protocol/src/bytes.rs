@@ -13,7 +13,11 @@ use std::marker::PhantomData;
 /// Serializes `bytes` as hex (human-readable formats) or as a tuple of `N` bytes.
 pub fn serialize<S: Serializer, const N: usize>(bytes: &[u8; N], s: S) -> Result<S::Ok, S::Error> {
     if s.is_human_readable() {
-        s.serialize_str(&bytes.to_lower_hex_string())
+        let mut buf = [0u8; 2 * MAX_ON_STACK];
+        match bytes.len() <= MAX_ON_STACK {
+            true => s.serialize_str(hex_into(bytes, &mut buf)),
+            false => s.serialize_str(&bytes.to_lower_hex_string()),
+        }
     } else {
         let mut t = s.serialize_tuple(N)?;
         for b in bytes {
@@ -21,6 +25,20 @@ pub fn serialize<S: Serializer, const N: usize>(bytes: &[u8; N], s: S) -> Result
         }
         t.end()
     }
+}
+
+/// Longest byte string [`serialize`] writes as hex without allocating (a signature's 64).
+const MAX_ON_STACK: usize = 64;
+
+/// Lowercase hex of `bytes` in `buf` (at least twice as long); a JSON response holds dozens of
+/// hashes and signatures, and this is what each costs.
+fn hex_into<'a>(bytes: &[u8], buf: &'a mut [u8]) -> &'a str {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (b, out) in bytes.iter().zip(buf.chunks_exact_mut(2)) {
+        out[0] = DIGITS[usize::from(b >> 4)];
+        out[1] = DIGITS[usize::from(b & 0x0f)];
+    }
+    std::str::from_utf8(&buf[..2 * bytes.len()]).expect("hex digits are ASCII")
 }
 
 /// The inverse of [`serialize`].
@@ -133,4 +151,34 @@ macro_rules! hash_newtype {
             }
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+    struct Three(
+        #[serde(with = "super")] [u8; 32],
+        #[serde(with = "super")] [u8; 64],
+        #[serde(with = "super")] [u8; 65],
+    );
+
+    proptest! {
+        #[test]
+        fn hex_is_lowercase_and_round_trips(a in any::<[u8; 32]>(), b in prop::collection::vec(any::<u8>(), 64), c in prop::collection::vec(any::<u8>(), 65)) {
+            let v = Three(a, b.try_into().unwrap(), c.try_into().unwrap());
+            let json = serde_json::to_string(&v).unwrap();
+            // The stack path (32, 64 bytes) and the allocating one (65) write the same hex.
+            let expected = format!(
+                "[\"{}\",\"{}\",\"{}\"]",
+                v.0.to_lower_hex_string(),
+                v.1.to_lower_hex_string(),
+                v.2.to_lower_hex_string()
+            );
+            prop_assert_eq!(&json, &expected);
+            prop_assert_eq!(serde_json::from_str::<Three>(&json).unwrap(), v);
+        }
+    }
 }

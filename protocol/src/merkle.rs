@@ -1,11 +1,13 @@
-//! Merkle trees over Hallmark hashes, built and proven with rs_merkle.
+//! Merkle trees over Hallmark hashes: built and proven here (one pass over the leaves, paths
+//! read off the kept levels), verified with rs_merkle — an independent implementation of the same
+//! rule, so every proof this module writes is checked by code it does not share.
 //!
 //! Interior nodes are `tagged_hash(MERKLE_NODE, left || right)`; an odd last node is promoted
 //! unchanged to the next level (rs_merkle's rule; Bitcoin instead duplicates it, so Bitcoin's own
 //! transaction trees use `bitcoin::merkle_tree`). Leaves are already hashes of their own
 //! domains, so no leaf can be mistaken for an interior node.
 
-use rs_merkle::{Hasher, MerkleProof, MerkleTree};
+use rs_merkle::{Hasher, MerkleProof};
 use serde::{Deserialize, Serialize};
 
 use crate::hash::{tagged_hash, tags};
@@ -127,10 +129,15 @@ impl InclusionProof {
     }
 }
 
-/// A built tree.
+/// A built tree: every level, from the leaves up to the root.
+#[derive(Clone, Debug)]
 pub struct Tree {
-    inner: MerkleTree<NodeHasher>,
-    total: u32,
+    levels: Vec<Vec<[u8; 32]>>,
+}
+
+/// `tagged_hash(MERKLE_NODE, left || right)`.
+fn node(left: &[u8; 32], right: &[u8; 32]) -> [u8; 32] {
+    tagged_hash(tags::MERKLE_NODE, &[left, right])
 }
 
 impl Tree {
@@ -139,24 +146,29 @@ impl Tree {
         if leaves.is_empty() || leaves.len() > MAX_LEAVES as usize {
             return Err(MerkleError::BadLeafCount(leaves.len()));
         }
-        Ok(Self {
-            inner: MerkleTree::from_leaves(leaves),
-            total: leaves.len() as u32,
-        })
+        let mut levels = vec![leaves.to_vec()];
+        while let Some(below) = levels.last().filter(|l| l.len() > 1) {
+            let up = below
+                .chunks(2)
+                .map(|pair| match pair {
+                    [l, r] => node(l, r),
+                    [odd] => *odd,
+                    _ => unreachable!("chunks of two"),
+                })
+                .collect();
+            levels.push(up);
+        }
+        Ok(Self { levels })
     }
 
     /// The root.
     pub fn root(&self) -> MerkleRoot {
-        MerkleRoot(
-            self.inner
-                .root()
-                .expect("a tree built from at least one leaf has a root"),
-        )
+        MerkleRoot(self.levels[self.levels.len() - 1][0])
     }
 
     /// Leaves in the tree.
     pub fn len(&self) -> u32 {
-        self.total
+        self.levels[0].len() as u32
     }
 
     /// Never true: a tree has at least one leaf.
@@ -166,14 +178,22 @@ impl Tree {
 
     /// The inclusion proof of leaf `index`.
     pub fn proof(&self, index: u32) -> Option<InclusionProof> {
-        if index >= self.total {
+        if index >= self.len() {
             return None;
         }
-        let p = self.inner.proof(&[index as usize]);
+        let mut i = index as usize;
+        let mut siblings = Vec::with_capacity(self.levels.len() - 1);
+        for level in &self.levels[..self.levels.len() - 1] {
+            // The sibling, unless this is an odd last node (promoted, no sibling).
+            if let Some(s) = level.get(i ^ 1) {
+                siblings.push(MerkleRoot(*s));
+            }
+            i /= 2;
+        }
         Some(InclusionProof {
             index,
-            total: self.total,
-            siblings: p.proof_hashes().iter().map(|h| MerkleRoot(*h)).collect(),
+            total: self.len(),
+            siblings,
         })
     }
 }
@@ -321,6 +341,20 @@ mod tests {
     }
 
     proptest! {
+        /// rs_merkle, built from the same leaves, has the same root and writes the same proofs.
+        #[test]
+        fn same_tree_and_proofs_as_rs_merkle(n in 1u32..300) {
+            let l = leaves(n);
+            let ours = Tree::new(&l).unwrap();
+            let theirs = rs_merkle::MerkleTree::<NodeHasher>::from_leaves(&l);
+            prop_assert_eq!(Some(ours.root().0), theirs.root());
+            for i in 0..n {
+                let p = ours.proof(i).unwrap();
+                let q = theirs.proof(&[i as usize]);
+                prop_assert_eq!(p.siblings.iter().map(|s| s.0).collect::<Vec<_>>(), q.proof_hashes().to_vec());
+            }
+        }
+
         #[test]
         fn every_leaf_proves_and_tampering_fails(n in 1u32..300, pick in any::<prop::sample::Index>(), bit in 0usize..256) {
             let l = leaves(n);

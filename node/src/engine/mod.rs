@@ -1363,6 +1363,8 @@ impl Engine {
                 }
             }
         }
+        // This iteration's unsynced writes (certified events) in one write to the WAL file.
+        self.cfg.store.flush_wal()?;
         if !self.out_certs.is_empty() {
             let certs = std::mem::take(&mut self.out_certs);
             let _ = self
