@@ -13,10 +13,11 @@ use std::marker::PhantomData;
 /// Serializes `bytes` as hex (human-readable formats) or as a tuple of `N` bytes.
 pub fn serialize<S: Serializer, const N: usize>(bytes: &[u8; N], s: S) -> Result<S::Ok, S::Error> {
     if s.is_human_readable() {
-        let mut buf = [0u8; 2 * MAX_ON_STACK];
-        match bytes.len() <= MAX_ON_STACK {
-            true => s.serialize_str(hex_into(bytes, &mut buf)),
-            false => s.serialize_str(&bytes.to_lower_hex_string()),
+        if N <= MAX_ON_STACK {
+            let mut buf = [0u8; 2 * MAX_ON_STACK];
+            s.serialize_str(hex_into(bytes, &mut buf))
+        } else {
+            s.serialize_str(&bytes.to_lower_hex_string())
         }
     } else {
         let mut t = s.serialize_tuple(N)?;
