@@ -350,11 +350,19 @@ impl Engine {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
+            // This iteration's work: from its first input (or tick), without the time spent
+            // waiting for more inputs.
+            let mut waited = Duration::ZERO;
+            let started = tokio::select! {
                 _ = cancel.cancelled() => break,
-                _ = tick.tick() => self.on_tick(),
+                _ = tick.tick() => {
+                    let started = Instant::now();
+                    self.on_tick();
+                    started
+                }
                 input = rx.recv() => {
                     let Some(input) = input else { break };
+                    let started = Instant::now();
                     self.handle(input);
                     let mut n = 1;
                     while n < MAX_INPUTS_PER_FLUSH {
@@ -373,20 +381,25 @@ impl Engine {
                     if busy && !self.out_votes.is_empty() && since < FLUSH_EVERY {
                         let until = tokio::time::Instant::now() + (FLUSH_EVERY - since);
                         while n < MAX_INPUTS_PER_FLUSH {
-                            match tokio::time::timeout_at(until, rx.recv()).await {
+                            let wait = Instant::now();
+                            let input = tokio::time::timeout_at(until, rx.recv()).await;
+                            waited += wait.elapsed();
+                            match input {
                                 Ok(Some(input)) => self.handle(input),
                                 _ => break,
                             }
                             n += 1;
                         }
                     }
+                    started
                 }
-            }
+            };
             if let Err(e) = self.flush().await {
                 error!("cannot persist votes, stopping: {e}");
                 cancel.cancel();
                 break;
             }
+            metrics::LOOP_SECONDS.observe((started.elapsed() - waited).as_secs_f64());
         }
         info!("event loop stopped");
     }
