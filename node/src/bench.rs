@@ -33,8 +33,9 @@ pub struct BenchOpts {
     #[arg(long, default_value_t = 60)]
     pub duration: u64,
     /// Concurrent clients (each owns its items; every submission waits for its certificate, so
-    /// the rate is at most clients / latency: on 2 cores 64 leave them ~90 % busy, 256 saturate
-    /// them at a longer latency).
+    /// the rate is at most clients / latency). More clients keep more events in flight, so the
+    /// operators batch more votes per signature, fsync and message: on 2 cores 64 already keep
+    /// the cores busy, 256 certify more events/s at a longer latency.
     #[arg(long, default_value_t = 64)]
     pub clients: usize,
     /// Transfers per item before a client mints a new one.
@@ -67,6 +68,22 @@ pub fn proc_stat(pid: u32) -> Option<(f64, u64)> {
         .parse()
         .ok()?;
     Some((ticks / 100.0, rss))
+}
+
+/// Busy and total CPU time of the whole machine so far, in clock ticks (the `cpu` line of
+/// `/proc/stat`; idle and I/O wait count as not busy).
+fn machine_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let total: u64 = f.iter().take(8).sum();
+    let idle = f.get(3)? + f.get(4)?;
+    Some((total - idle, total))
 }
 
 fn dir_size(p: &std::path::Path) -> u64 {
@@ -181,10 +198,13 @@ async fn drive(
     let measuring = Arc::new(AtomicBool::new(false));
     let latencies: Arc<Mutex<Vec<f64>>> = Arc::default();
     let failures = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    // Fixed offered rate: a shared ticket dispenser.
+    // Fixed offered rate: each client submits every `clients / rate` seconds, the clients'
+    // schedules staggered by `1 / rate` so that submissions arrive evenly, not all clients at
+    // once (which offers the rate as bursts of `clients` events and measures the bursts).
     let interval = o
         .rate
         .map(|r| Duration::from_secs_f64(o.clients as f64 / r));
+    let start = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..o.clients {
         let (client, maker, stop, measuring, latencies, failures) = (
@@ -197,12 +217,13 @@ async fn drive(
         );
         let fed = federation.id();
         let transfers = o.transfers;
+        let clients = o.clients as u32;
         tasks.push(tokio::spawn(async move {
             let owners: Vec<Author> = (0..2)
                 .map(|_| Author::new(fed, keyfile::generate()))
                 .collect();
             let mut k = 0u64;
-            let mut next_at = Instant::now();
+            let mut next_at = start + interval.map_or(Duration::ZERO, |iv| iv * w as u32 / clients);
             'items: while !stop.load(Ordering::Relaxed) {
                 let serial = format!("W{w}-{k}");
                 k += 1;
@@ -264,6 +285,7 @@ async fn drive(
     // Warm up, then measure.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let cpu0: Vec<Option<(f64, u64)>> = procs.iter().map(|p| proc_stat(p.id())).collect();
+    let (me0, machine0) = (proc_stat(std::process::id()), machine_ticks());
     let log0 = clients[0].info().await?["log_len"].as_u64().unwrap_or(0);
     measuring.store(true, Ordering::Relaxed);
     let t0 = Instant::now();
@@ -271,6 +293,7 @@ async fn drive(
     measuring.store(false, Ordering::Relaxed);
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu1: Vec<Option<(f64, u64)>> = procs.iter().map(|p| proc_stat(p.id())).collect();
+    let (me1, machine1) = (proc_stat(std::process::id()), machine_ticks());
     let log1 = clients[0].info().await?["log_len"].as_u64().unwrap_or(0);
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
@@ -285,6 +308,14 @@ async fn drive(
     let disk: u64 = (0..peers.len())
         .map(|i| dir_size(&dir.join(format!("op{i}")).join("data")))
         .sum();
+    let client_cpu = match (me0, me1) {
+        (Some((c0, _)), Some((c1, _))) => (c1 - c0) / elapsed * 100.0,
+        _ => f64::NAN,
+    };
+    let busy = match (machine0, machine1) {
+        (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => (b1 - b0) as f64 / (t1 - t0) as f64 * 100.0,
+        _ => f64::NAN,
+    };
     let per_op: Vec<serde_json::Value> = cpu0
         .iter()
         .zip(&cpu1)
@@ -309,7 +340,8 @@ async fn drive(
         "fraction_of_bound": certified / bound,
         "bytes_on_disk_per_event": disk as f64 / (log1.max(1) as f64 * f64::from(o.operators)),
         "per_operator": per_op,
-        "machine": {"cores": cores},
+        "client_cpu_percent": client_cpu,
+        "machine": {"cores": cores, "busy_percent": busy},
     });
     println!("certified events/s (sustained over {elapsed:.0} s): {certified:.0}  (acknowledged to clients: {acked:.0}/s)");
     println!(
@@ -326,6 +358,12 @@ async fn drive(
             p["cpu_percent"].as_f64().unwrap_or(f64::NAN),
             p["rss_mb"].as_f64().unwrap_or(f64::NAN)
         );
+    }
+    println!(
+        "client (this process): CPU {client_cpu:.0}%  machine: {busy:.0}% of {cores} cores busy"
+    );
+    if o.rate.is_none() && busy < 90.0 {
+        println!("note: the cores were not saturated, so the rate was bounded by clients / latency; more --clients would offer more");
     }
     println!(
         "bytes on disk per event per operator: {:.0}",
