@@ -51,8 +51,10 @@ const MAX_DEFERRED_SLOTS: usize = 10_000;
 const CHAIN_FETCH_EVERY: Duration = Duration::from_secs(2);
 /// Least time between two flushes of votes while votes keep coming.
 const FLUSH_EVERY: Duration = Duration::from_millis(2);
-/// Slots in flight from which the loop counts as loaded (and waits to batch votes).
-const BUSY_SLOTS: usize = 16;
+/// Slots in flight from which the loop counts as loaded (and waits to batch votes). At 950 ev/s
+/// arriving evenly, 4 instead of 16 gave p50 11-12.5 ms against 16-22.5 and p99 41-44 ms
+/// against 44-61 (three alternating pairs of 30 s runs): batches fill before the cores do.
+const BUSY_SLOTS: usize = 4;
 
 /// How many item states the loop keeps in memory.
 const ITEM_CACHE: usize = 65_536;
