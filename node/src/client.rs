@@ -63,6 +63,16 @@ pub struct Client {
 }
 
 #[derive(Deserialize)]
+struct CertifiedBody {
+    certified: CertifiedEvent,
+}
+
+#[derive(Deserialize)]
+struct PendingBody {
+    hash: EventHash,
+}
+
+#[derive(Deserialize)]
 struct ErrorBody {
     error: ErrorInner,
 }
@@ -101,22 +111,33 @@ impl Client {
             .await
             .with_context(|| format!("POST {}/v1/events", self.base))?;
         let status = resp.status().as_u16();
-        let body: Value = resp.json().await.context("response is not JSON")?;
-        if status == 200 {
-            let ce: CertifiedEvent =
-                serde_json::from_value(body["certified"].clone()).context("bad certified event")?;
-            return Ok(SubmitOutcome::Certified(Box::new(ce)));
+        let body = resp.bytes().await.context("reading the response")?;
+        // Straight into the expected shape (not through a `Value`): a certified event's JSON is
+        // a few kB, and load generators parse one per submission.
+        match status {
+            200 => {
+                let b: CertifiedBody =
+                    serde_json::from_slice(&body).context("bad certified event")?;
+                Ok(SubmitOutcome::Certified(Box::new(b.certified)))
+            }
+            202 => {
+                let b: PendingBody = serde_json::from_slice(&body).context("bad hash")?;
+                Ok(SubmitOutcome::Pending(b.hash))
+            }
+            _ => {
+                let e: ErrorBody = serde_json::from_slice(&body).with_context(|| {
+                    format!(
+                        "HTTP {status} without an error body: {}",
+                        String::from_utf8_lossy(&body)
+                    )
+                })?;
+                Ok(SubmitOutcome::Rejected {
+                    status,
+                    code: e.error.code,
+                    message: e.error.message,
+                })
+            }
         }
-        if status == 202 {
-            let h = serde_json::from_value(body["hash"].clone()).context("bad hash")?;
-            return Ok(SubmitOutcome::Pending(h));
-        }
-        let e: ErrorBody = serde_json::from_value(body).context("bad error body")?;
-        Ok(SubmitOutcome::Rejected {
-            status,
-            code: e.error.code,
-            message: e.error.message,
-        })
     }
 
     async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<Option<T>> {
