@@ -157,12 +157,25 @@ impl Api {
             }
         };
         let wait = Duration::from_millis(wait.wait_ms.unwrap_or(DEFAULT_WAIT_MS).min(MAX_WAIT_MS));
+        // Serialized straight from the certified event (a `json!` value would first copy it
+        // into a tree of strings).
+        #[derive(Serialize)]
+        struct Certified<'a> {
+            status: &'static str,
+            hash: EventHash,
+            certified: &'a CertifiedEvent,
+        }
+        let certified = |ce: &CertifiedEvent| {
+            ok(&Certified {
+                status: "certified",
+                hash,
+                certified: ce,
+            })
+        };
         match submitted {
-            Submitted::Certified(ce) => {
-                ok(&json!({"status": "certified", "hash": hash, "certified": ce}))
-            }
+            Submitted::Certified(ce) => certified(&ce),
             Submitted::Pending(rx) => match tokio::time::timeout(wait, rx).await {
-                Ok(Ok(ce)) => ok(&json!({"status": "certified", "hash": hash, "certified": ce})),
+                Ok(Ok(ce)) => certified(&ce),
                 Ok(Err(_)) => error(
                     StatusCode::CONFLICT,
                     "superseded",
