@@ -1,0 +1,393 @@
+//! Voting and certification: slots run the two-phase protocol on their candidates, commit
+//! votes are gathered into certificates, and certified events are applied to the store in chain
+//! order (events that arrive ahead of their chain wait as orphans).
+
+use std::time::Instant;
+
+use hallmark_protocol::consensus::{Action, Slot};
+use hallmark_protocol::{
+    apply_item_event, encode, Attestation, Certificate, CertifiedEvent, Event, EventHash,
+    EventKind, ManufacturerRecord, OfferRecord, Phase, Subject, VerifiedBatch, Vote,
+};
+use tracing::{debug, error, warn};
+
+use super::{Engine, SlotEntry, MAX_DEFERRED_SLOTS, MAX_EARLY_VOTES, MAX_ORPHANS};
+use crate::metrics;
+use crate::store::{slot_key, StateChange, StoreError};
+use crate::wire::Proposal;
+
+impl Engine {
+    pub(super) fn slot_entry(&mut self, key: (Subject, u64)) -> &mut SlotEntry {
+        let store = &self.cfg.store;
+        let cfg = self.slot_cfg;
+        let me = self.cfg.me;
+        let timeout = self.cfg.round_timeout;
+        self.slots.entry(key).or_insert_with(|| {
+            let own = store.own_votes(&key.0, key.1).unwrap_or_else(|e| {
+                // Without our earlier votes we could vote twice: refuse to take part.
+                panic!("cannot read own votes at a slot: {e}")
+            });
+            SlotEntry {
+                slot: Slot::new(cfg, Some(me), own),
+                deadline: Instant::now() + timeout,
+            }
+        })
+    }
+
+    pub(super) fn act(&mut self, key: (Subject, u64), actions: Vec<Action>) {
+        for a in actions {
+            match a {
+                Action::Vote(v) => {
+                    // The event travels with the first prevote of the operator a client gave it
+                    // to (others got it from that one); in later rounds everyone re-sends it.
+                    let ours = self.waiters.contains_key(&v.event)
+                        || v.round > 0
+                        || self.cp_candidates.contains_key(&v.event);
+                    if v.phase == Phase::Prevote && ours && self.announced.insert(v.event) {
+                        if let Some((e, _, _)) = self.candidates.get(&v.event) {
+                            self.out_events.push(e.clone());
+                        } else if let Some(p) = self.cp_candidates.get(&v.event) {
+                            self.out_proposals.push(p.clone());
+                        }
+                    }
+                    self.out_votes.push(v);
+                    self.dirty.insert(key);
+                }
+                Action::Decide { event, round } => {
+                    let r = if self.cp_candidates.contains_key(&event) {
+                        self.certify_checkpoint(event, round)
+                    } else {
+                        self.try_certify(event, round)
+                    };
+                    if let Err(e) = r {
+                        error!("store error: {e}");
+                    }
+                }
+                Action::Equivocation {
+                    operator,
+                    first,
+                    second,
+                } => {
+                    metrics::EQUIVOCATIONS.inc();
+                    warn!(
+                        operator,
+                        ?first,
+                        ?second,
+                        "operator voted for two events in one round"
+                    );
+                    let mut k = vec![operator as u8];
+                    k.extend_from_slice(&slot_key(&key.0, key.1));
+                    k.extend_from_slice(&second.round.to_be_bytes());
+                    let v = encode(&(key.0, key.1, first, second));
+                    if let Err(e) = self.cfg.store.put_evidence(&k, &v) {
+                        error!("store error: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_votes(
+        &mut self,
+        events: Vec<(Event, EventHash)>,
+        proposals: Vec<Proposal>,
+        batch: &VerifiedBatch,
+    ) -> Result<(), StoreError> {
+        let Some(op) = self.cfg.federation.operator_index(&batch.operator()) else {
+            return Ok(());
+        };
+        metrics::PARTICIPATION
+            .with_label_values(&[&op.to_string()])
+            .inc_by(batch.votes().len() as u64);
+        for (event, hash) in events {
+            self.consider(event, hash)?;
+        }
+        for p in proposals {
+            self.consider_proposal(p)?;
+        }
+        for (i, vote) in batch.votes().iter().enumerate() {
+            // Commit votes are kept (for the certificate) while their event is undecided here;
+            // one for an event already certified can only improve the stored certificate.
+            let keep_commit = |engine: &mut Self| {
+                if vote.phase == Phase::Commit {
+                    if let Some(att) = batch.attestation(i) {
+                        engine
+                            .commit_atts
+                            .entry((vote.event, vote.round))
+                            .or_default()
+                            .insert(op, att);
+                    }
+                }
+            };
+            if let Some(key) = self.slot_of(&vote.event) {
+                keep_commit(self);
+                let actions = self.slot_entry(key).slot.add_vote(op, *vote);
+                self.act(key, actions);
+            } else if let Some(rank) = self.cfg.store.rank(&vote.event, &self.cfg.federation)? {
+                // A late commit vote improves the certificate only if it is of the same round
+                // and from an operator that ranks before one of the signers.
+                let (round, signers) = &rank;
+                let improves = !signers.contains(&op) && signers.iter().any(|&s| s > op);
+                if vote.phase == Phase::Commit && vote.round == *round && improves {
+                    if let Some(stored) = self.cfg.store.certificate(&vote.event)? {
+                        let att = batch.attestation(i).expect("index within the batch");
+                        self.upgrade_certificate(&stored, vote.round, [att])?;
+                    }
+                }
+            } else if self.retired.lost(&vote.event) {
+                if let Some((key, evidence)) = self.retired.witness(op, *vote) {
+                    self.act(key, vec![evidence]);
+                }
+            } else if self.early_count < MAX_EARLY_VOTES {
+                keep_commit(self);
+                self.early_votes
+                    .entry(vote.event)
+                    .or_default()
+                    .push((op, *vote));
+                self.early_count += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// An event gossiped by another operator: validate it and, if valid, take it as a candidate.
+    pub(super) fn consider(&mut self, event: Event, hash: EventHash) -> Result<(), StoreError> {
+        if self.candidates.contains_key(&hash) {
+            return Ok(());
+        }
+        // (`admit` answers nothing for an event certified already.)
+        let key = (event.subject(hash), event.body.height);
+        match self.admit(event.clone(), hash, None) {
+            Ok(_) => {}
+            Err((r, _)) if r.code == "future_height" => {
+                if self.deferred.len() < MAX_DEFERRED_SLOTS || self.deferred.contains_key(&key) {
+                    let list = self.deferred.entry(key).or_default();
+                    if list.len() < 16 {
+                        list.push((event, hash));
+                    }
+                }
+            }
+            Err((r, _)) => {
+                debug!(%hash, code = r.code, "not voting for gossiped event: {}", r.message);
+                // Votes for it that came before it are evidence too, if they conflict.
+                if self.retired.note_loser(hash, key) {
+                    for (op, vote) in self.early_votes.remove(&hash).unwrap_or_default() {
+                        self.early_count -= 1;
+                        if let Some((key, evidence)) = self.retired.witness(op, vote) {
+                            self.act(key, vec![evidence]);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn try_certify(&mut self, event: EventHash, round: u32) -> Result<(), StoreError> {
+        let Some(atts) = self.commit_atts.get(&(event, round)) else {
+            return Ok(());
+        };
+        if atts.len() < self.slot_cfg.m {
+            return Ok(());
+        }
+        let Some((ev, _, _)) = self.candidates.get(&event) else {
+            return Ok(());
+        };
+        let certificate = Certificate::assemble(
+            &self.cfg.federation,
+            Vote::commit(event, round),
+            atts.values().cloned(),
+        )
+        .expect("m attestations of members assemble");
+        let ce = CertifiedEvent {
+            event: ev.clone(),
+            certificate,
+        };
+        // Every operator assembles certificates from the commit votes it sees. When the slot
+        // needed more than one round (votes were lost or late), the operator a client submitted
+        // the event to also gossips the certificate. Otherwise an operator that missed votes
+        // finds the event in a peer's log at its next catch-up (every tick, round robin): sending
+        // every certificate to everyone would double the gossip for nothing in the common case.
+        if round > 0 && self.waiters.contains_key(&event) {
+            self.out_certs.push(ce.clone());
+        }
+        self.on_certified(ce)
+    }
+
+    /// After more commit votes or another certificate arrive for a certified event, keep the
+    /// canonical certificate (the lowest round, then the `m` lowest operator indices; see
+    /// [`Certificate::rank`]), so all operators converge on byte-identical certificates.
+    pub(super) fn upgrade_certificate(
+        &mut self,
+        stored: &Certificate,
+        round: u32,
+        extra: impl IntoIterator<Item = Attestation>,
+    ) -> Result<(), StoreError> {
+        if round > stored.round {
+            return Ok(());
+        }
+        let same_round = round == stored.round;
+        let own = stored.attestations.iter().filter(|_| same_round).cloned();
+        let Ok(best) = Certificate::assemble(
+            &self.cfg.federation,
+            Vote::commit(stored.event, round),
+            own.chain(extra),
+        ) else {
+            return Ok(());
+        };
+        let fed = &self.cfg.federation;
+        let rank = best.rank(fed);
+        if rank < stored.rank(fed) {
+            self.cfg.store.replace_certificate(&best, rank)?;
+        }
+        Ok(())
+    }
+
+    /// `certificate` in canonical form ([`Certificate::assemble`]) with the commit votes for it
+    /// this operator collected merged in: the certificate that was gossiped to us may hold a
+    /// different set than ours, or paths with another (unsigned) tree size.
+    pub(super) fn with_collected_votes(&self, certificate: &Certificate) -> Certificate {
+        let collected = self
+            .commit_atts
+            .get(&(certificate.event, certificate.round))
+            .into_iter()
+            .flat_map(|atts| atts.values().cloned());
+        certificate.merged_with(&self.cfg.federation, collected)
+    }
+
+    /// A certified event (ours, gossiped, or caught up; certificate already verified).
+    pub(super) fn on_certified(&mut self, ce: CertifiedEvent) -> Result<(), StoreError> {
+        let hash = ce.certificate.event;
+        let subject = ce.event.subject(hash);
+        let height = ce.event.body.height;
+        if self.is_certified(&hash, &subject, height)? {
+            if let Some(stored) = self.cfg.store.certificate(&hash)? {
+                let round = ce.certificate.round;
+                self.upgrade_certificate(&stored, round, ce.certificate.attestations)?;
+            }
+            return Ok(());
+        }
+        let next = self.next_height(&subject)?;
+        if height < next {
+            error!(%hash, height, "a different event is already certified at this height: safety violated?");
+            metrics::CONFLICTING_CERTIFICATES.inc();
+            return Ok(());
+        }
+        if height > next {
+            if self.orphans.len() < MAX_ORPHANS {
+                self.orphans.insert((subject, height), ce);
+            }
+            // We missed earlier events of this chain: fetch them by subject.
+            self.fetch_chain(subject, next);
+            return Ok(());
+        }
+        self.apply(subject, &ce)?;
+        // Later events of this chain that arrived early.
+        let mut h = height + 1;
+        while let Some(next) = self.orphans.remove(&(subject, h)) {
+            self.apply(subject, &next)?;
+            h += 1;
+        }
+        Ok(())
+    }
+
+    pub(super) fn apply(
+        &mut self,
+        subject: Subject,
+        ce: &CertifiedEvent,
+    ) -> Result<(), StoreError> {
+        let hash = ce.certificate.event;
+        let ce = &CertifiedEvent {
+            event: ce.event.clone(),
+            certificate: self.with_collected_votes(&ce.certificate),
+        };
+        let change = match &ce.event.body.kind {
+            EventKind::RegisterManufacturer { .. } => {
+                ManufacturerRecord::from_event(&ce.event, hash).map(StateChange::Manufacturer)
+            }
+            EventKind::CreateOffer { .. } => {
+                OfferRecord::from_event(&ce.event, hash).map(StateChange::Offer)
+            }
+            _ => {
+                let Subject::Item(item) = subject else {
+                    unreachable!("item events have item subjects")
+                };
+                let state = self.item(&item)?;
+                apply_item_event(&self.cfg.federation, state.as_ref(), &ce.event, hash)
+                    .map(StateChange::Item)
+            }
+        };
+        let change = match change {
+            Ok(c) => c,
+            Err(e) => {
+                error!(%hash, "certified event does not apply to local state: {e}");
+                metrics::CONFLICTING_CERTIFICATES.inc();
+                return Ok(());
+            }
+        };
+        let height = ce.event.body.height;
+        let rank = ce.certificate.rank(&self.cfg.federation);
+        self.cfg.store.apply(&subject, ce, &change, rank)?;
+        if let StateChange::Item(state) = change {
+            self.items.insert(state.id, Some(state));
+        }
+        metrics::CERTIFIED
+            .with_label_values(&[ce.event.body.kind.name()])
+            .inc();
+        metrics::LOG_LEN.inc();
+        if let Some(t) = self.submitted_at.remove(&hash) {
+            metrics::QUORUM_SECONDS.observe(t.elapsed().as_secs_f64());
+        }
+        if ce.certificate.round > 0 {
+            metrics::ROUND_CHANGES.inc();
+        }
+        if let Subject::Item(item) = subject {
+            match &ce.event.body.kind {
+                EventKind::AcceptOffer { .. } => {
+                    self.locked_at.insert(item, Instant::now());
+                }
+                EventKind::Settle { .. } => {
+                    metrics::SETTLEMENTS.with_label_values(&["settled"]).inc();
+                    if let Some(t) = self.locked_at.remove(&item) {
+                        metrics::SETTLE_SECONDS.observe(t.elapsed().as_secs_f64());
+                    }
+                }
+                EventKind::ExpireEscrow { .. } => {
+                    metrics::SETTLEMENTS.with_label_values(&["expired"]).inc();
+                    self.locked_at.remove(&item);
+                }
+                _ => {}
+            }
+        }
+        debug!(%hash, kind = ce.event.body.kind.name(), "certified");
+        if let Some(ws) = self.waiters.remove(&hash) {
+            for w in ws {
+                let _ = w.send(ce.clone());
+            }
+        }
+        // The slot is decided: forget its candidates (their waiters learn nothing more) and the
+        // votes collected for them.
+        let mut gone = vec![hash];
+        let mut rounds = 0;
+        if let Some(entry) = self.slots.remove(&(subject, height)) {
+            gone.extend(entry.slot.candidates().iter().copied());
+            rounds = entry.slot.round();
+            self.retired.retire((subject, height), entry.slot);
+        }
+        for c in gone {
+            self.candidates.remove(&c);
+            self.waiters.remove(&c);
+            self.announced.remove(&c);
+            for r in 0..=rounds.max(ce.certificate.round) {
+                self.commit_atts.remove(&(c, r));
+            }
+        }
+        // Candidates for the next height that came too early.
+        if let Some(list) = self.deferred.remove(&(subject, height + 1)) {
+            for (e, h) in list {
+                self.consider(e, h)?;
+            }
+        }
+        Ok(())
+    }
+}
