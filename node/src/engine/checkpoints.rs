@@ -15,7 +15,7 @@
 use std::time::{Duration, Instant};
 
 use hallmark_protocol::checkpoint::{CertifiedCheckpoint, Checkpoint, CheckpointHash};
-use hallmark_protocol::{Certificate, EventHash, Subject, Vote};
+use hallmark_protocol::{EventHash, Subject};
 use tracing::{debug, info, warn};
 
 use super::Engine;
@@ -176,21 +176,12 @@ impl Engine {
         target: EventHash,
         round: u32,
     ) -> Result<(), StoreError> {
-        let Some(atts) = self.commit_atts.get(&(target, round)) else {
+        let Some(certificate) = self.quorum_certificate(target, round) else {
             return Ok(());
         };
-        if atts.len() < self.slot_cfg.m {
-            return Ok(());
-        }
         let Some(p) = self.cp_candidates.get(&target) else {
             return Ok(());
         };
-        let certificate = Certificate::assemble(
-            &self.cfg.federation,
-            Vote::commit(target, round),
-            atts.values().cloned(),
-        )
-        .expect("m attestations of members assemble");
         let f = FinalCheckpoint {
             certified: CertifiedCheckpoint {
                 checkpoint: p.checkpoint.clone(),

@@ -183,22 +183,29 @@ impl Engine {
         Ok(())
     }
 
-    pub(super) fn try_certify(&mut self, event: EventHash, round: u32) -> Result<(), StoreError> {
-        let Some(atts) = self.commit_atts.get(&(event, round)) else {
-            return Ok(());
-        };
+    /// The certificate of `target` (an event or checkpoint hash) at `round`, once this operator
+    /// holds a quorum of commit votes for it.
+    pub(super) fn quorum_certificate(&self, target: EventHash, round: u32) -> Option<Certificate> {
+        let atts = self.commit_atts.get(&(target, round))?;
         if atts.len() < self.slot_cfg.m {
-            return Ok(());
+            return None;
         }
-        let Some((ev, _, _)) = self.candidates.get(&event) else {
-            return Ok(());
-        };
         let certificate = Certificate::assemble(
             &self.cfg.federation,
-            Vote::commit(event, round),
+            Vote::commit(target, round),
             atts.values().cloned(),
         )
         .expect("m attestations of members assemble");
+        Some(certificate)
+    }
+
+    pub(super) fn try_certify(&mut self, event: EventHash, round: u32) -> Result<(), StoreError> {
+        let Some(certificate) = self.quorum_certificate(event, round) else {
+            return Ok(());
+        };
+        let Some((ev, _, _)) = self.candidates.get(&event) else {
+            return Ok(());
+        };
         let ce = CertifiedEvent {
             event: ev.clone(),
             certificate,
