@@ -3,7 +3,8 @@
 //! what lets OpenTimestamps express our hashes as prepend/append/sha256 operations), lowercase
 //! hex in human-readable formats (JSON for the HTTP API and config files).
 
-use bitcoin::hex::{DisplayHex, FromHex};
+use bitcoin::hex::buf_encoder::BufEncoder;
+use bitcoin::hex::{Case, DisplayHex, FromHex};
 use serde::de::{Error as _, SeqAccess, Visitor};
 use serde::ser::SerializeTuple;
 use serde::{Deserializer, Serializer};
@@ -14,8 +15,11 @@ use std::marker::PhantomData;
 pub fn serialize<S: Serializer, const N: usize>(bytes: &[u8; N], s: S) -> Result<S::Ok, S::Error> {
     if s.is_human_readable() {
         if N <= MAX_ON_STACK {
-            let mut buf = [0u8; 2 * MAX_ON_STACK];
-            s.serialize_str(hex_into(bytes, &mut buf))
+            // On the stack, without `fmt`: a JSON response holds dozens of hashes and
+            // signatures, and this is what each costs.
+            let mut hex = BufEncoder::<{ 2 * MAX_ON_STACK }>::new();
+            hex.put_bytes(bytes, Case::Lower);
+            s.serialize_str(hex.as_str())
         } else {
             s.serialize_str(&bytes.to_lower_hex_string())
         }
@@ -30,17 +34,6 @@ pub fn serialize<S: Serializer, const N: usize>(bytes: &[u8; N], s: S) -> Result
 
 /// Longest byte string [`serialize`] writes as hex without allocating (a signature's 64).
 const MAX_ON_STACK: usize = 64;
-
-/// Lowercase hex of `bytes` in `buf` (at least twice as long); a JSON response holds dozens of
-/// hashes and signatures, and this is what each costs.
-fn hex_into<'a>(bytes: &[u8], buf: &'a mut [u8]) -> &'a str {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for (b, out) in bytes.iter().zip(buf.chunks_exact_mut(2)) {
-        out[0] = DIGITS[usize::from(b >> 4)];
-        out[1] = DIGITS[usize::from(b & 0x0f)];
-    }
-    std::str::from_utf8(&buf[..2 * bytes.len()]).expect("hex digits are ASCII")
-}
 
 /// The inverse of [`serialize`].
 pub fn deserialize<'de, D: Deserializer<'de>, const N: usize>(d: D) -> Result<[u8; N], D::Error> {
