@@ -176,10 +176,10 @@ impl Engine {
         target: EventHash,
         round: u32,
     ) -> Result<(), StoreError> {
-        let Some(certificate) = self.quorum_certificate(target, round) else {
+        let Some(p) = self.cp_candidates.get(&target) else {
             return Ok(());
         };
-        let Some(p) = self.cp_candidates.get(&target) else {
+        let Some(certificate) = self.quorum_certificate(target, round) else {
             return Ok(());
         };
         let f = FinalCheckpoint {

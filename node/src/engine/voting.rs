@@ -200,10 +200,10 @@ impl Engine {
     }
 
     pub(super) fn try_certify(&mut self, event: EventHash, round: u32) -> Result<(), StoreError> {
-        let Some(certificate) = self.quorum_certificate(event, round) else {
+        let Some((ev, _, _)) = self.candidates.get(&event) else {
             return Ok(());
         };
-        let Some((ev, _, _)) = self.candidates.get(&event) else {
+        let Some(certificate) = self.quorum_certificate(event, round) else {
             return Ok(());
         };
         let ce = CertifiedEvent {
