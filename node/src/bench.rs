@@ -308,10 +308,12 @@ async fn drive(
     let disk: u64 = (0..peers.len())
         .map(|i| dir_size(&dir.join(format!("op{i}")).join("data")))
         .sum();
-    let client_cpu = match (me0, me1) {
+    // Percent of one core used between two `proc_stat` readings.
+    let cpu_percent = |a: &Option<(f64, u64)>, b: &Option<(f64, u64)>| match (a, b) {
         (Some((c0, _)), Some((c1, _))) => (c1 - c0) / elapsed * 100.0,
         _ => f64::NAN,
     };
+    let client_cpu = cpu_percent(&me0, &me1);
     let busy = match (machine0, machine1) {
         (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => (b1 - b0) as f64 / (t1 - t0) as f64 * 100.0,
         _ => f64::NAN,
@@ -321,10 +323,7 @@ async fn drive(
         .zip(&cpu1)
         .enumerate()
         .map(|(i, (a, b))| {
-            let cpu = match (a, b) {
-                (Some((c0, _)), Some((c1, _))) => (c1 - c0) / elapsed * 100.0,
-                _ => f64::NAN,
-            };
+            let cpu = cpu_percent(a, b);
             json!({"operator": i, "cpu_percent": cpu, "rss_mb": b.map(|(_, r)| r as f64 / 1024.0)})
         })
         .collect();
