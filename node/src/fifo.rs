@@ -1,8 +1,10 @@
 //! A map that forgets its oldest entries beyond a capacity: the bounded memory of the event loop
 //! (recently decided slots) and of the store (recent certificates' ranks).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::hash::Hash;
+
+use foldhash::{HashMap, HashMapExt};
 
 /// A map bounded to `cap` entries; inserting a new key beyond it drops the oldest key. Replacing
 /// the value of a key already present keeps its place.

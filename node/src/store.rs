@@ -115,22 +115,25 @@ impl Column {
 }
 
 impl Column {
-    /// The length of every key of a column only ever read by whole key (never iterated).
-    fn point_key_len(self) -> Option<usize> {
+    /// For the columns read only by whole key, or (chains) by the keys of one prefix, the length
+    /// of that prefix. These are never iterated across prefixes.
+    fn prefix_len(self) -> Option<usize> {
         match self {
             Column::Events | Column::Certificates | Column::Items => Some(32),
+            // A chain is read by height or all at once from its subject's prefix.
+            Column::Chains => Some(33),
             Column::Votes => Some(41),
             _ => None,
         }
     }
 
-    /// The column's options: columns only read by whole key keep their memtable in a hash
-    /// table of short lists instead of one skip list. Every certified event inserts into four
-    /// of them and most reads ask for a key that is not there; in a skip list of some 10^5
-    /// entries each is a chain of cache misses (memtable inserts were 12 % of an operator's
-    /// CPU samples at the max rate).
+    /// The column's options: columns read only by whole key (or chains, by subject) keep their
+    /// memtable in a hash table of short lists instead of one skip list. Every certified event
+    /// inserts into five of them and most reads ask for a key that is not there; in a skip list
+    /// of some 10^5 entries each is a chain of cache misses (memtable inserts were 12 % of an
+    /// operator's CPU samples at the max rate).
     fn options(self, mut opts: Options) -> Options {
-        if let Some(len) = self.point_key_len() {
+        if let Some(len) = self.prefix_len() {
             opts.set_prefix_extractor(rocksdb::SliceTransform::create_fixed_prefix(len));
             opts.set_memtable_factory(rocksdb::MemtableFactory::HashLinkList {
                 bucket_count: MEMTABLE_BUCKETS,
@@ -424,8 +427,12 @@ impl Store {
     pub fn chain(&self, subject: &Subject) -> Result<Vec<CertifiedEvent>, StoreError> {
         let prefix = subject_key(subject);
         let mut out = Vec::new();
-        let iter = self.db.iterator_cf(
+        // Within the subject's prefix (the column's memtable is a hash of prefixes).
+        let mut ro = rocksdb::ReadOptions::default();
+        ro.set_prefix_same_as_start(true);
+        let iter = self.db.iterator_cf_opt(
             self.cf(Column::Chains),
+            ro,
             IteratorMode::From(&prefix, rocksdb::Direction::Forward),
         );
         for kv in iter {

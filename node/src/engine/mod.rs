@@ -7,7 +7,7 @@
 //! carries them is published. Inputs are processed as they come and votes are flushed whenever
 //! the input queue runs dry, so batches grow with the load.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use hallmark_p2p::{Command, P2pHandle, PeerId};
@@ -27,6 +27,7 @@ use crate::metrics;
 use crate::payments::PaymentAdapter;
 use crate::store::{FinalCheckpoint, Store, StoreError};
 use crate::wire::{Gossip, Proposal};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use retired::Retired;
 
 mod admission;
