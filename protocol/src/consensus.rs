@@ -364,14 +364,17 @@ impl Slot {
     }
 }
 
+/// Votes per event, in event order. (A slot sees a few events at most: a list beats a map.)
 fn tally(by_op: &BTreeMap<usize, BTreeSet<EventHash>>) -> Vec<(EventHash, usize)> {
-    let mut counts: BTreeMap<EventHash, usize> = BTreeMap::new();
-    for es in by_op.values() {
-        for e in es {
-            *counts.entry(*e).or_default() += 1;
+    let mut counts: Vec<(EventHash, usize)> = Vec::with_capacity(2);
+    for e in by_op.values().flatten() {
+        match counts.iter_mut().find(|(c, _)| c == e) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((*e, 1)),
         }
     }
-    counts.into_iter().collect()
+    counts.sort_unstable_by_key(|c| c.0);
+    counts
 }
 
 #[cfg(test)]
