@@ -22,7 +22,7 @@
 //! at once; a round that stalls otherwise is left on timeout; in later rounds unlocked operators
 //! all prevote the same deterministic choice.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
@@ -116,8 +116,11 @@ pub struct Slot {
     own: OwnVotes,
     candidates: BTreeSet<EventHash>,
     first_seen: Option<EventHash>,
-    /// (round, phase) -> operator -> events it voted for.
-    votes: BTreeMap<(u32, Phase), BTreeMap<usize, BTreeSet<EventHash>>>,
+    /// Every distinct vote seen, ordered by (round, phase, event, operator). A slot sees a
+    /// handful (n operators, two phases, one round unless it got stuck): one sorted list costs
+    /// one allocation where nested maps took one per (round, phase) and operator, and every
+    /// question below is one pass over it or over the run of one (round, phase).
+    votes: Vec<Seen>,
     polka: Option<(EventHash, u32)>,
     decided: Option<(EventHash, u32)>,
 }
@@ -133,7 +136,7 @@ impl Slot {
             own: OwnVotes::default(),
             candidates: BTreeSet::new(),
             first_seen: None,
-            votes: BTreeMap::new(),
+            votes: Vec::new(),
             polka: None,
             decided: None,
         };
@@ -150,17 +153,24 @@ impl Slot {
     }
 
     fn record(&mut self, operator: usize, vote: Vote) -> Option<Action> {
-        let events = self
-            .votes
-            .entry((vote.round, vote.phase))
-            .or_default()
-            .entry(operator)
-            .or_default();
-        if events.contains(&vote.event) {
-            return None;
-        }
-        let first = events.iter().next().copied();
-        events.insert(vote.event);
+        let seen = Seen {
+            round: vote.round,
+            phase: vote.phase,
+            event: vote.event,
+            operator,
+        };
+        let at = match self.votes.binary_search_by_key(&seen.key(), Seen::key) {
+            Ok(_) => return None,
+            Err(at) => at,
+        };
+        // The lowest event it voted for before in this round and phase (the run is in event
+        // order).
+        let first = self
+            .run(vote.round, vote.phase)
+            .iter()
+            .find(|s| s.operator == operator)
+            .map(|s| s.event);
+        self.votes.insert(at, seen);
         first.map(|first| Action::Equivocation {
             operator,
             first: Vote {
@@ -204,16 +214,11 @@ impl Slot {
 
     /// Operators (indices) whose `phase` votes for `event` in `round` were seen.
     pub fn voters(&self, round: u32, phase: Phase, event: &EventHash) -> Vec<usize> {
-        self.votes
-            .get(&(round, phase))
-            .map(|by_op| {
-                by_op
-                    .iter()
-                    .filter(|(_, es)| es.contains(event))
-                    .map(|(op, _)| *op)
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.run(round, phase)
+            .iter()
+            .filter(|s| s.event == *event)
+            .map(|s| s.operator)
+            .collect()
     }
 
     /// An event this operator validated for this slot.
@@ -247,10 +252,8 @@ impl Slot {
     /// (one that did would wait in a round nobody else reaches), which is what lets all honest
     /// operators meet in one round once messages flow.
     pub fn on_timeout(&mut self) -> Vec<Action> {
-        let quorum_prevoted = self
-            .votes
-            .get(&(self.round, Phase::Prevote))
-            .is_some_and(|by_op| by_op.len() >= self.cfg.m);
+        let quorum_prevoted =
+            distinct_operators(self.run(self.round, Phase::Prevote)) >= self.cfg.m;
         if self.decided.is_none() && quorum_prevoted {
             self.round += 1;
         }
@@ -267,43 +270,28 @@ impl Slot {
             if self.decided.is_some() {
                 return actions;
             }
-            // A certificate: m commits for one event in one round.
-            let decided = self.votes.iter().find_map(|((r, phase), by_op)| {
-                (*phase == Phase::Commit)
-                    .then(|| tally(by_op).into_iter().find(|(_, c)| *c >= self.cfg.m))
-                    .flatten()
-                    .map(|(e, _)| (e, *r))
-            });
+            // A certificate: m commits for one event in one round (the lowest such round, then
+            // the lowest such event); and the latest polka (in a round, the lowest event).
+            let m = self.cfg.m;
+            let (mut decided, mut polka) = (None, self.polka);
+            for (r, phase, e, _) in groups(&self.votes).filter(|g| g.3 >= m) {
+                match phase {
+                    Phase::Commit => {
+                        decided = Some((e, r));
+                        break;
+                    }
+                    Phase::Prevote if polka.is_none_or(|(_, pr)| pr < r) => polka = Some((e, r)),
+                    Phase::Prevote => {}
+                }
+            }
+            self.polka = polka;
             if let Some((event, round)) = decided {
                 self.decided = Some((event, round));
                 actions.push(Action::Decide { event, round });
                 return actions;
             }
-            // Remember the latest polka.
-            for ((r, phase), by_op) in &self.votes {
-                if *phase != Phase::Prevote || self.polka.is_some_and(|(_, pr)| pr >= *r) {
-                    continue;
-                }
-                if let Some((e, _)) = tally(by_op).into_iter().find(|(_, c)| *c >= self.cfg.m) {
-                    self.polka = Some((e, *r));
-                }
-            }
             // Catch up with a later round that f + 1 operators (so one honest) are in.
-            let later = self
-                .votes
-                .iter()
-                .filter(|((r, _), _)| *r > self.round)
-                .fold(
-                    BTreeMap::<u32, BTreeSet<usize>>::new(),
-                    |mut acc, ((r, _), by_op)| {
-                        acc.entry(*r).or_default().extend(by_op.keys());
-                        acc
-                    },
-                )
-                .into_iter()
-                .filter(|(_, ops)| ops.len() > self.cfg.f)
-                .map(|(r, _)| r)
-                .max();
+            let later = self.later_round();
             if let Some(r) = later {
                 self.round = r;
                 continue;
@@ -355,26 +343,65 @@ impl Slot {
     }
 
     fn prevotes_split(&self, round: u32) -> bool {
-        let Some(by_op) = self.votes.get(&(round, Phase::Prevote)) else {
+        let run = self.run(round, Phase::Prevote);
+        if run.is_empty() {
             return false;
-        };
-        let missing = self.cfg.n.saturating_sub(by_op.len());
-        let best = tally(by_op).into_iter().map(|(_, c)| c).max().unwrap_or(0);
+        }
+        let missing = self.cfg.n.saturating_sub(distinct_operators(run));
+        let best = groups(run).map(|(_, _, _, c)| c).max().unwrap_or(0);
         best + missing < self.cfg.m
+    }
+
+    /// The votes of one round and phase: a run of the sorted list, in event order.
+    fn run(&self, round: u32, phase: Phase) -> &[Seen] {
+        let start = self
+            .votes
+            .partition_point(|s| (s.round, s.phase) < (round, phase));
+        let len = self.votes[start..].partition_point(|s| (s.round, s.phase) == (round, phase));
+        &self.votes[start..start + len]
+    }
+
+    /// The latest round after the current one in which more than `f` operators voted.
+    fn later_round(&self) -> Option<u32> {
+        let start = self.votes.partition_point(|s| s.round <= self.round);
+        self.votes[start..]
+            .chunk_by(|a, b| a.round == b.round)
+            .filter(|run| distinct_operators(run) > self.cfg.f)
+            .map(|run| run[0].round)
+            .next_back()
     }
 }
 
-/// Votes per event, in event order. (A slot sees a few events at most: a list beats a map.)
-fn tally(by_op: &BTreeMap<usize, BTreeSet<EventHash>>) -> Vec<(EventHash, usize)> {
-    let mut counts: Vec<(EventHash, usize)> = Vec::with_capacity(2);
-    for e in by_op.values().flatten() {
-        match counts.iter_mut().find(|(c, _)| c == e) {
-            Some((_, n)) => *n += 1,
-            None => counts.push((*e, 1)),
-        }
+/// (round, phase, event, how many operators voted for it) of sorted `votes`, in that order.
+fn groups(votes: &[Seen]) -> impl Iterator<Item = (u32, Phase, EventHash, usize)> + '_ {
+    // Each (operator, event) pair is recorded once, so a group's length counts operators.
+    votes
+        .chunk_by(|a, b| (a.round, a.phase, a.event) == (b.round, b.phase, b.event))
+        .map(|g| (g[0].round, g[0].phase, g[0].event, g.len()))
+}
+
+/// How many distinct operators cast the votes of `run`.
+fn distinct_operators(run: &[Seen]) -> usize {
+    let mut ops: Vec<usize> = run.iter().map(|s| s.operator).collect();
+    ops.sort_unstable();
+    ops.dedup();
+    ops.len()
+}
+
+/// One vote seen at a slot.
+#[derive(Clone, Copy, Debug)]
+struct Seen {
+    round: u32,
+    phase: Phase,
+    event: EventHash,
+    operator: usize,
+}
+
+impl Seen {
+    /// The list's order.
+    fn key(&self) -> (u32, Phase, EventHash, usize) {
+        (self.round, self.phase, self.event, self.operator)
     }
-    counts.sort_unstable_by_key(|c| c.0);
-    counts
 }
 
 #[cfg(test)]

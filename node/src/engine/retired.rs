@@ -15,7 +15,9 @@ type SlotKey = (Subject, u64);
 
 /// Decided slots and the events seen competing for them after the decision.
 pub(super) struct Retired {
-    slots: Fifo<SlotKey, Slot>,
+    /// Boxed: the map moves its values when it rehashes (it does, as old entries go and new
+    /// ones come), and a pointer is cheaper to move than a slot.
+    slots: Fifo<SlotKey, Box<Slot>>,
     losers: Fifo<EventHash, SlotKey>,
 }
 
@@ -29,7 +31,7 @@ impl Retired {
 
     /// `slot` at `key` was decided.
     pub(super) fn retire(&mut self, key: SlotKey, slot: Slot) {
-        self.slots.insert(key, slot);
+        self.slots.insert(key, Box::new(slot));
     }
 
     /// `event` competes for `key` but was not admitted: if `key` was decided recently, votes for
