@@ -134,19 +134,20 @@ pub async fn run(o: &BenchOpts) -> Result<()> {
     init.http_rate_per_sec = 0;
     devnet::init(dir.path(), &init)?;
     let (federation, peers) = FederationFile::load(&dir.path().join("federation.toml"))?;
-    let exe = std::env::current_exe()?;
-    let mut procs = Vec::new();
-    for i in 0..o.operators as usize {
-        procs.push(devnet::spawn_operator(&exe, dir.path(), i)?);
+    let procs = devnet::Processes::start(dir.path())?;
+    let pids = procs.pids();
+    // Ctrl-C or SIGTERM stops the run, and the operators with it (left running, they would hold
+    // the benchmark's ports and load the cores of the next run).
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let result = tokio::select! {
+        r = drive(o, &federation, &peers, &pids, dir.path()) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        _ = term.recv() => Err(anyhow::anyhow!("terminated")),
+    };
+    if result.is_err() {
+        eprintln!("bench: stopping the operators");
     }
-    let result = drive(o, &federation, &peers, &procs, dir.path()).await;
-    for p in &mut procs {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(p.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = p.wait();
-    }
+    procs.stop(Duration::from_secs(10));
     result
 }
 
@@ -154,7 +155,7 @@ async fn drive(
     o: &BenchOpts,
     federation: &hallmark_protocol::Federation,
     peers: &[crate::config::Peer],
-    procs: &[std::process::Child],
+    pids: &[u32],
     dir: &std::path::Path,
 ) -> Result<()> {
     let clients: Vec<Client> = peers
@@ -284,7 +285,7 @@ async fn drive(
     }
     // Warm up, then measure.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let cpu0: Vec<Option<(f64, u64)>> = procs.iter().map(|p| proc_stat(p.id())).collect();
+    let cpu0: Vec<Option<(f64, u64)>> = pids.iter().map(|p| proc_stat(*p)).collect();
     let (me0, machine0) = (proc_stat(std::process::id()), machine_ticks());
     let log0 = clients[0].info().await?["log_len"].as_u64().unwrap_or(0);
     measuring.store(true, Ordering::Relaxed);
@@ -292,7 +293,7 @@ async fn drive(
     tokio::time::sleep(Duration::from_secs(o.duration)).await;
     measuring.store(false, Ordering::Relaxed);
     let elapsed = t0.elapsed().as_secs_f64();
-    let cpu1: Vec<Option<(f64, u64)>> = procs.iter().map(|p| proc_stat(p.id())).collect();
+    let cpu1: Vec<Option<(f64, u64)>> = pids.iter().map(|p| proc_stat(*p)).collect();
     let (me1, machine1) = (proc_stat(std::process::id()), machine_ticks());
     let log1 = clients[0].info().await?["log_len"].as_u64().unwrap_or(0);
     stop.store(true, Ordering::Relaxed);

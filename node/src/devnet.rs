@@ -207,6 +207,11 @@ impl Processes {
         Ok(Self { children })
     }
 
+    /// The operators' process ids, by operator index.
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(|(_, c)| c.id()).collect()
+    }
+
     /// The first operator that has exited, if any.
     pub fn exited(&mut self) -> Option<(usize, std::process::ExitStatus)> {
         self.children
