@@ -138,11 +138,10 @@ pub async fn run(o: &BenchOpts) -> Result<()> {
     let pids = procs.pids();
     // Ctrl-C or SIGTERM stops the run, and the operators with it (left running, they would hold
     // the benchmark's ports and load the cores of the next run).
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let signal = crate::cli::shutdown_signal()?;
     let result = tokio::select! {
         r = drive(o, &federation, &peers, &pids, dir.path()) => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
-        _ = term.recv() => Err(anyhow::anyhow!("terminated")),
+        why = signal => Err(anyhow::anyhow!(why)),
     };
     if result.is_err() {
         eprintln!("bench: stopping the operators");

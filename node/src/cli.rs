@@ -257,14 +257,23 @@ fn init_tracing() {
         .try_init();
 }
 
+/// Completes on SIGINT (Ctrl-C) or SIGTERM, with what happened ("interrupted" or
+/// "terminated"). The handlers are installed when it is called, not when it is first polled.
+pub(crate) fn shutdown_signal() -> Result<impl std::future::Future<Output = &'static str>> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => "interrupted",
+            _ = term.recv() => "terminated",
+        }
+    })
+}
+
 /// Cancels `token` on SIGINT or SIGTERM.
 fn cancel_on_signals(token: CancellationToken) -> Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let signal = shutdown_signal()?;
     tokio::spawn(async move {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
+        signal.await;
         token.cancel();
     });
     Ok(())

@@ -255,12 +255,12 @@ pub async fn up(dir: &Path) -> Result<()> {
         println!("  operator {}: {}", p.index, p.http);
     }
     println!("press Ctrl-C to stop");
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let signal = crate::cli::shutdown_signal()?;
+    tokio::pin!(signal);
     let mut poll = tokio::time::interval(Duration::from_millis(500));
     let failed = loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break None,
-            _ = term.recv() => break None,
+            _ = &mut signal => break None,
             _ = poll.tick() => {
                 if let Some((i, status)) = procs.exited() {
                     break Some((i, status));
