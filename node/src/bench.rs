@@ -134,14 +134,34 @@ pub async fn run(o: &BenchOpts) -> Result<()> {
     init.http_rate_per_sec = 0;
     devnet::init(dir.path(), &init)?;
     let (federation, peers) = FederationFile::load(&dir.path().join("federation.toml"))?;
-    let procs = devnet::Processes::start(dir.path())?;
+    let mut procs = devnet::Processes::start(dir.path())?;
     let pids = procs.pids();
     // Ctrl-C or SIGTERM stops the run, and the operators with it (left running, they would hold
-    // the benchmark's ports and load the cores of the next run).
+    // the benchmark's ports and load the cores of the next run). An operator that exits (a port
+    // in use, say) stops it too, at once, with the end of its log: the clients would otherwise
+    // wait for it for minutes.
     let signal = crate::cli::shutdown_signal()?;
+    let exited = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if let Some(exit) = procs.exited() {
+                return exit;
+            }
+        }
+    };
     let result = tokio::select! {
         r = drive(o, &federation, &peers, &pids, dir.path()) => r,
         why = signal => Err(anyhow::anyhow!(why)),
+        (i, status) = exited => {
+            let log = std::fs::read_to_string(dir.path().join(format!("op{i}/operator.log")))
+                .unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            Err(anyhow::anyhow!(
+                "operator {i} exited ({status}) during the benchmark; the end of its log:\n{}",
+                tail.join("\n")
+            ))
+        }
     };
     if result.is_err() {
         eprintln!("bench: stopping the operators");

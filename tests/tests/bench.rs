@@ -11,6 +11,21 @@ use nix::unistd::Pid;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hallmark-test-node");
 
+/// The bench's ports are base + i, base + 100 + i and base + 200 + i. Below Linux's ephemeral
+/// range (32768 and up) no other test's outgoing connection can hold one; a base whose ports
+/// are all free is looked for, since another program may listen there.
+fn free_base_port() -> Result<u16> {
+    (29_100..32_000)
+        .step_by(300)
+        .find(|base| {
+            (0..3).all(|k| {
+                (0..4)
+                    .all(|i| std::net::TcpListener::bind(("127.0.0.1", base + 100 * k + i)).is_ok())
+            })
+        })
+        .context("no free ports for the bench")
+}
+
 /// The processes whose parent is `parent`, from `/proc`.
 fn children_of(parent: u32) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -47,7 +62,7 @@ fn a_terminated_bench_stops_its_operators() -> Result<()> {
             "--clients",
             "4",
             "--base-port",
-            "38100",
+            &free_base_port()?.to_string(),
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -56,20 +71,33 @@ fn a_terminated_bench_stops_its_operators() -> Result<()> {
         .context("starting hallmark bench")?;
     let pid = bench.id();
     let stderr = bench.stderr.take().context("bench stderr")?;
-    let mut lines = BufReader::new(stderr).lines();
-    // Wait until the federation is up and the clients are driving it.
-    let started = Instant::now();
-    loop {
-        let Some(line) = lines.next() else {
-            bail!("bench exited before the federation was up");
-        };
-        if line?.contains("federation up") {
-            break;
+    // Its lines, read on a thread so that waiting for them has a deadline.
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
+            if tx.send(line).is_err() {
+                break;
+            }
         }
-        ensure!(
-            started.elapsed() < Duration::from_secs(60),
-            "the federation did not come up"
-        );
+    });
+    // Wait until the federation is up and the clients are driving it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    loop {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(wait) {
+            Ok(line) if line.contains("federation up") => break,
+            Ok(line) => seen.push(line),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                // (SIGTERM, not SIGKILL: the bench then stops its operators.)
+                kill(Pid::from_raw(pid as i32), Signal::SIGTERM)?;
+                let _ = bench.wait();
+                bail!("the federation did not come up in 60 s: {seen:?}");
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                bail!("bench exited before the federation was up: {seen:?}");
+            }
+        }
     }
     let operators = children_of(pid);
     ensure!(
@@ -95,7 +123,7 @@ fn a_terminated_bench_stops_its_operators() -> Result<()> {
     }
     ensure!(left.is_empty(), "operators left running: {left:?}");
     ensure!(!status.success(), "an interrupted run is not a success");
-    let rest: Vec<String> = lines.map_while(|l| l.ok()).collect();
+    let rest: Vec<String> = lines.iter().collect();
     ensure!(
         rest.iter().any(|l| l.contains("terminated")),
         "bench says why it stopped: {rest:?}"
