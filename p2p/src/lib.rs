@@ -177,7 +177,8 @@ fn gossipsub_config(max_bytes: usize) -> Result<gossipsub::Config, P2pError> {
     // operator relays: with a gossipsub mesh each receiver forwarded every message to the other
     // members, which already had it from the publisher (with 4 operators up to 3 copies of every
     // message reached each one, and the benchmark moved a third more bytes over loopback per
-    // event; without relaying, 3-15 % more certified events/s in three alternating pairs).
+    // event; without relaying, -2 to +21 % certified events/s in seven alternating 20 s pairs
+    // and +14 % in a 60 s pair: docs/benchmarks.md).
     // Lazy gossip (IHAVE) is off too: with no mesh it would announce every recent message id to
     // every peer each heartbeat, and a list over the control-size limit makes the receiver drop
     // the stream (seen: the federation stalled). A member that misses messages catches up on the
