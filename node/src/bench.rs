@@ -141,25 +141,16 @@ pub async fn run(o: &BenchOpts) -> Result<()> {
     // in use, say) stops it too, at once, with the end of its log: the clients would otherwise
     // wait for it for minutes.
     let signal = crate::cli::shutdown_signal()?;
-    let exited = async {
-        loop {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            if let Some(exit) = procs.exited() {
-                return exit;
-            }
-        }
-    };
     let result = tokio::select! {
         r = drive(o, &federation, &peers, &pids, dir.path()) => r,
         why = signal => Err(anyhow::anyhow!(why)),
-        (i, status) = exited => {
+        (i, status) = procs.first_exit() => {
             let log = std::fs::read_to_string(dir.path().join(format!("op{i}/operator.log")))
                 .unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(5).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            let lines: Vec<&str> = log.lines().collect();
             Err(anyhow::anyhow!(
                 "operator {i} exited ({status}) during the benchmark; the end of its log:\n{}",
-                tail.join("\n")
+                lines[lines.len().saturating_sub(5)..].join("\n")
             ))
         }
     };

@@ -219,6 +219,17 @@ impl Processes {
             .find_map(|(i, c)| c.try_wait().ok().flatten().map(|s| (*i, s)))
     }
 
+    /// Completes when an operator exits, with the first one found (checked every 200 ms).
+    pub async fn first_exit(&mut self) -> (usize, std::process::ExitStatus) {
+        let mut poll = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            poll.tick().await;
+            if let Some(exit) = self.exited() {
+                return exit;
+            }
+        }
+    }
+
     /// SIGTERM to all, then waits up to `grace` before SIGKILL.
     pub fn stop(mut self, grace: Duration) {
         for (_, c) in &self.children {
@@ -256,17 +267,9 @@ pub async fn up(dir: &Path) -> Result<()> {
     }
     println!("press Ctrl-C to stop");
     let signal = crate::cli::shutdown_signal()?;
-    tokio::pin!(signal);
-    let mut poll = tokio::time::interval(Duration::from_millis(500));
-    let failed = loop {
-        tokio::select! {
-            _ = &mut signal => break None,
-            _ = poll.tick() => {
-                if let Some((i, status)) = procs.exited() {
-                    break Some((i, status));
-                }
-            }
-        }
+    let failed = tokio::select! {
+        _ = signal => None,
+        exit = procs.first_exit() => Some(exit),
     };
     println!("devnet: stopping operators");
     procs.stop(Duration::from_secs(10));
