@@ -8,9 +8,9 @@ use anyhow::{Context, Result};
 use hallmark_p2p::{Command, P2pConfig, P2pEvent};
 use hallmark_protocol::OperatorId;
 use serde_json::json;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::anchoring;
 use crate::api::{self, Api};
@@ -139,7 +139,26 @@ pub async fn start(
         },
         inputs.clone(),
     );
-    let engine_task = tokio::spawn(engine.run(inputs_rx, cancel.clone()));
+    // The event loop runs on a thread of its own: its fsyncs and its bursts of work never hold
+    // up the network, the gossip verifier or the HTTP API, and it is never moved between threads.
+    let engine_task = {
+        let (done_tx, done_rx) = oneshot::channel::<()>();
+        let run = engine.run(inputs_rx, cancel.clone());
+        std::thread::Builder::new()
+            .name("event-loop".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(run),
+                    Err(e) => error!("cannot start the event loop's runtime: {e}"),
+                }
+                let _ = done_tx.send(());
+            })
+            .context("starting the event loop's thread")?;
+        done_rx
+    };
 
     // The gossip verifier: decodes and checks signatures before anything reaches the event loop
     // or is forwarded to other operators.
