@@ -1,6 +1,6 @@
 //! The operator's event loop: the one task that owns the operator's consensus state and writes
-//! the store. Everything else (HTTP handlers, the gossip verifier, catch-up fetchers) talks to it
-//! through one bounded channel of [`Input`]s.
+//! the store, on a thread of its own (`service.rs`). Everything else (HTTP handlers, the gossip
+//! verifier, catch-up fetchers) talks to it through one bounded channel of [`Input`]s.
 //!
 //! Per slot (subject, height) it runs a [`Slot`] of the two-phase protocol; its own votes are
 //! written to the store with fsync, in one group commit per flush, before the signed batch that
