@@ -10,7 +10,7 @@ use hallmark_protocol::OperatorId;
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::anchoring;
 use crate::api::{self, Api};
@@ -142,21 +142,32 @@ pub async fn start(
     // The event loop runs on a thread of its own: its fsyncs and its bursts of work never hold
     // up the network, the gossip verifier or the HTTP API, and it is never moved between threads.
     let engine_task = {
+        let (started_tx, started_rx) = oneshot::channel::<std::io::Result<()>>();
         let (done_tx, done_rx) = oneshot::channel::<()>();
         let run = engine.run(inputs_rx, cancel.clone());
         std::thread::Builder::new()
             .name("event-loop".into())
             .spawn(move || {
+                // (Built and dropped on this thread: a runtime may not be dropped in async code.)
                 match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
                 {
-                    Ok(rt) => rt.block_on(run),
-                    Err(e) => error!("cannot start the event loop's runtime: {e}"),
+                    Ok(rt) => {
+                        let _ = started_tx.send(Ok(()));
+                        rt.block_on(run);
+                    }
+                    Err(e) => {
+                        let _ = started_tx.send(Err(e));
+                    }
                 }
                 let _ = done_tx.send(());
             })
             .context("starting the event loop's thread")?;
+        started_rx
+            .await
+            .context("the event loop's thread stopped at once")?
+            .context("starting the event loop's runtime")?;
         done_rx
     };
 
