@@ -372,24 +372,17 @@ impl Engine {
                     let Some(input) = input else { break };
                     let started = Instant::now();
                     self.handle(input);
-                    let mut n = 1;
-                    while n < MAX_INPUTS_PER_FLUSH {
-                        match rx.try_recv() {
-                            Ok(input) => self.handle(input),
-                            Err(_) => break,
-                        }
-                        n += 1;
-                    }
+                    let n = 1 + self.take_queued(&mut rx, MAX_INPUTS_PER_FLUSH - 1);
                     // Under load (many slots in flight), batch votes over at least FLUSH_EVERY:
                     // fewer, larger batches (one signature, one fsync, one gossip message each)
                     // leave more CPU for everything else, which shortens queues more than the
-                    // wait lengthens them. Below that load nothing waits.
+                    // wait lengthens them. Below that load nothing waits. The loop sleeps through
+                    // the wait and then takes what came in one go, rather than being woken for
+                    // every input: one wake-up of its thread per flush. It wakes early by about
+                    // the time handling them takes (measured over the last flushes), so the
+                    // flush still goes out FLUSH_EVERY after the previous one.
                     let since = self.last_flush.elapsed();
                     let busy = self.slots.len() >= BUSY_SLOTS;
-                    // The loop sleeps through the wait and then takes what came in one go, rather
-                    // than being woken for every input: one wake-up of its thread per flush. It
-                    // wakes early by about the time handling them takes (measured over the last
-                    // flushes), so the flush still goes out FLUSH_EVERY after the previous one.
                     if busy && !self.out_votes.is_empty() && since < FLUSH_EVERY {
                         let sleep = (FLUSH_EVERY - since).saturating_sub(self.drain_time);
                         let wait = Instant::now();
@@ -398,13 +391,7 @@ impl Engine {
                         }
                         waited += wait.elapsed();
                         let drain = Instant::now();
-                        while n < MAX_INPUTS_PER_FLUSH {
-                            match rx.try_recv() {
-                                Ok(input) => self.handle(input),
-                                Err(_) => break,
-                            }
-                            n += 1;
-                        }
+                        self.take_queued(&mut rx, MAX_INPUTS_PER_FLUSH - n);
                         self.drain_time = (self.drain_time * 3 + drain.elapsed()) / 4;
                     }
                     started
@@ -418,6 +405,17 @@ impl Engine {
             metrics::LOOP_SECONDS.observe((started.elapsed() - waited).as_secs_f64());
         }
         info!("event loop stopped");
+    }
+
+    /// Handles up to `max` inputs already queued, without waiting; returns how many.
+    fn take_queued(&mut self, rx: &mut mpsc::Receiver<Input>, max: usize) -> usize {
+        let mut n = 0;
+        while n < max {
+            let Ok(input) = rx.try_recv() else { break };
+            self.handle(input);
+            n += 1;
+        }
+        n
     }
 
     fn handle(&mut self, input: Input) {
