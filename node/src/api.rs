@@ -25,6 +25,9 @@ pub const MAX_BODY_BYTES: u64 = 64 * 1024;
 /// Default and largest wait for a certificate.
 pub const DEFAULT_WAIT_MS: u64 = 5_000;
 pub const MAX_WAIT_MS: u64 = 30_000;
+/// Media type of the binary (postcard, `hallmark_protocol::encode`) form of a submission and of
+/// its certified reply.
+pub const BINARY: &str = "application/octet-stream";
 /// Route prefixes used as metric labels (anything else is "other": bounded cardinality).
 const ROUTES: [&str; 9] = [
     "/scan",
@@ -81,6 +84,24 @@ struct WaitQuery {
     wait_ms: Option<u64>,
 }
 
+/// How a submission and its certified reply are encoded: JSON, or postcard when the request
+/// says `Content-Type` / `Accept: application/octet-stream`.
+struct Encodings {
+    binary_body: bool,
+    binary_reply: bool,
+}
+
+impl Encodings {
+    fn of(content_type: Option<&str>, accept: Option<&str>) -> Self {
+        let is_binary =
+            |h: Option<&str>| h.is_some_and(|v| v.split(',').any(|t| t.trim().starts_with(BINARY)));
+        Self {
+            binary_body: is_binary(content_type),
+            binary_reply: is_binary(accept),
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct LogQuery {
     from: Option<u64>,
@@ -100,11 +121,19 @@ impl Api {
     async fn submit(
         self: std::sync::Arc<Self>,
         wait: WaitQuery,
+        encodings: Encodings,
         body: warp::hyper::body::Bytes,
     ) -> Response {
-        let event: Event = match serde_json::from_slice(&body) {
-            Ok(e) => e,
-            Err(e) => return error(StatusCode::BAD_REQUEST, "malformed_json", e),
+        let event: Event = if encodings.binary_body {
+            match hallmark_protocol::decode(&body) {
+                Ok(e) => e,
+                Err(e) => return error(StatusCode::BAD_REQUEST, "malformed_event", e),
+            }
+        } else {
+            match serde_json::from_slice(&body) {
+                Ok(e) => e,
+                Err(e) => return error(StatusCode::BAD_REQUEST, "malformed_json", e),
+            }
         };
         let hash = match event.check(self.federation.id()) {
             Ok(h) => {
@@ -166,6 +195,14 @@ impl Api {
             certified: &'a CertifiedEvent,
         }
         let certified = |ce: &CertifiedEvent| {
+            if encodings.binary_reply {
+                let mut r = Response::new(hallmark_protocol::encode(ce).into());
+                r.headers_mut().insert(
+                    warp::http::header::CONTENT_TYPE,
+                    warp::http::HeaderValue::from_static(BINARY),
+                );
+                return r;
+            }
             ok(&Certified {
                 status: "certified",
                 hash,
@@ -469,9 +506,16 @@ pub fn routes(api: Api) -> warp::filters::BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with())
         .and(warp::query::<WaitQuery>())
+        .and(
+            warp::header::optional::<String>("content-type")
+                .and(warp::header::optional::<String>("accept"))
+                .map(|c: Option<String>, a: Option<String>| {
+                    Encodings::of(c.as_deref(), a.as_deref())
+                }),
+        )
         .and(warp::body::content_length_limit(MAX_BODY_BYTES))
         .and(warp::body::bytes())
-        .then(|api: std::sync::Arc<Api>, q: WaitQuery, body| api.submit(q, body));
+        .then(|api: std::sync::Arc<Api>, q: WaitQuery, e: Encodings, body| api.submit(q, e, body));
     let item = warp::path!("v1" / "items" / String)
         .and(warp::get())
         .and(with())

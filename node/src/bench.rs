@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use hallmark_protocol::{EventHash, EventKind, ItemId, ManufacturerId};
+use hallmark_protocol::{Event, EventHash, EventKind, ItemId, ManufacturerId};
 use serde_json::json;
 use tokio::sync::Mutex;
 
@@ -50,6 +50,69 @@ pub struct BenchOpts {
     /// First port of the benchmark federation.
     #[arg(long, default_value_t = 28100)]
     pub base_port: u16,
+    /// Sign each item's events while the run goes on, on the same cores as the operators,
+    /// instead of before it starts (the default: clients are other machines in a deployment,
+    /// so their signing is not the federation's work).
+    #[arg(long)]
+    pub sign_live: bool,
+    /// Submit events as JSON instead of the binary form (`application/octet-stream`).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Events/s the pre-signed items are sized for when no rate is given (above any rate measured
+/// on the development machine); a client that runs out signs more as it goes, and the run
+/// reports how many items were signed during the measured time.
+const PRESIGN_RATE: f64 = 6_000.0;
+/// The most events/s one client offers: it waits for each certificate, which takes over 4 ms.
+const PER_CLIENT_MAX_RATE: f64 = 250.0;
+/// Seconds of load before the measured time.
+const WARM_UP_SECS: u64 = 3;
+/// Longest run whose events are all signed before it starts: an operator refuses events
+/// timestamped more than `timestamp_window_secs` (600 by default) from its clock.
+const PRESIGN_MAX_SECS: u64 = 300;
+
+/// Sets its flag when dropped.
+#[derive(Default)]
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The events of one benchmark item: its mint by `maker`, then `transfers` transfers between
+/// `owners`, each after the one before (the hashes are known before anything is certified).
+fn item_events(
+    maker: &Author,
+    owners: &[Author; 2],
+    serial: String,
+    transfers: usize,
+) -> Vec<Event> {
+    let item = ItemId::new(&ManufacturerId::of(&maker.key.public_key()), &serial);
+    let mut events = vec![maker.event(
+        0,
+        EventHash::ZERO,
+        EventKind::Mint {
+            serial,
+            product: "P".into(),
+            owner: owners[0].key.public_key(),
+        },
+    )];
+    for t in 1..=transfers {
+        let prev = events[t - 1].hash();
+        let (from, to) = (&owners[(t - 1) % 2], &owners[t % 2]);
+        events.push(from.event(
+            t as u64,
+            prev,
+            EventKind::Transfer {
+                item,
+                to: to.key.public_key(),
+            },
+        ));
+    }
+    events
 }
 
 /// CPU seconds used and resident memory (kB) of process `pid`, from `/proc`.
@@ -170,7 +233,14 @@ async fn drive(
 ) -> Result<()> {
     let clients: Vec<Client> = peers
         .iter()
-        .map(|p| Client::new(&p.http, Duration::from_secs(30)))
+        .map(|p| {
+            let c = Client::new(&p.http, Duration::from_secs(30));
+            if o.json {
+                c
+            } else {
+                c.binary()
+            }
+        })
         .collect();
     let n = peers.len() as i64;
     for c in &clients {
@@ -205,10 +275,60 @@ async fn drive(
     eprintln!("bench: federation up ({}-of-{}); one secp256k1 verify = {:.1} us; driving {} clients for {} s{}", o.quorum, o.operators, verify * 1e6, o.clients, o.duration,
         o.rate.map(|r| format!(" at {r} ev/s offered")).unwrap_or_default());
 
+    // Each client's items, signed now unless asked otherwise (see `--sign-live`).
+    let presign = !o.sign_live && o.duration <= PRESIGN_MAX_SECS;
+    if !o.sign_live && !presign {
+        eprintln!("bench: runs over {PRESIGN_MAX_SECS} s sign their events as they go (older events would fall out of the operators' timestamp window)");
+    }
+    let per_client = if presign {
+        let rate = o
+            .rate
+            .unwrap_or(PRESIGN_RATE)
+            .min(o.clients as f64 * PER_CLIENT_MAX_RATE);
+        let events = (o.duration + WARM_UP_SECS + 5) as f64 * rate;
+        (events / o.clients as f64 / (o.transfers + 1) as f64).ceil() as usize + 1
+    } else {
+        0
+    };
+    if presign {
+        eprintln!(
+            "bench: signing {} events before the run ({} items per client)",
+            per_client * o.clients * (o.transfers + 1),
+            per_client
+        );
+    }
+    let signing = Instant::now();
+    // The signing threads stop early if the run is (Ctrl-C: this future is dropped).
+    let cancel = CancelOnDrop::default();
+    let mut signers = Vec::new();
+    for w in 0..o.clients {
+        let (maker, fed, transfers) = (maker.clone(), federation.id(), o.transfers);
+        let cancelled = cancel.0.clone();
+        signers.push(tokio::task::spawn_blocking(move || {
+            let owners = [(); 2].map(|_| Author::new(fed, keyfile::generate()));
+            let items: std::collections::VecDeque<Vec<Event>> = (0..per_client)
+                .map_while(|k| {
+                    (!cancelled.load(Ordering::Relaxed))
+                        .then(|| item_events(&maker, &owners, format!("W{w}-{k}"), transfers))
+                })
+                .collect();
+            (owners, items)
+        }));
+    }
+    let mut signed = Vec::new();
+    for s in signers {
+        signed.push(s.await?);
+    }
+    if presign {
+        eprintln!("bench: signed in {:.1} s", signing.elapsed().as_secs_f64());
+    }
+
     let stop = Arc::new(AtomicBool::new(false));
     let measuring = Arc::new(AtomicBool::new(false));
     let latencies: Arc<Mutex<Vec<f64>>> = Arc::default();
     let failures = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // Items signed during the measured time (clients that ran out of pre-signed ones).
+    let signed_live = Arc::new(std::sync::atomic::AtomicU64::new(0));
     // Fixed offered rate: each client submits every `clients / rate` seconds, the clients'
     // schedules staggered by `1 / rate` so that submissions arrive evenly, not all clients at
     // once (which offers the rate as bursts of `clients` events and measures the bursts).
@@ -217,52 +337,32 @@ async fn drive(
         .map(|r| Duration::from_secs_f64(o.clients as f64 / r));
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for w in 0..o.clients {
-        let (client, maker, stop, measuring, latencies, failures) = (
+    for (w, (owners, mut items)) in signed.into_iter().enumerate() {
+        let (client, maker, stop, measuring, latencies, failures, signed_live) = (
             clients[w % clients.len()].clone(),
             maker.clone(),
             stop.clone(),
             measuring.clone(),
             latencies.clone(),
             failures.clone(),
+            signed_live.clone(),
         );
-        let fed = federation.id();
         let transfers = o.transfers;
         let clients = o.clients as u32;
         tasks.push(tokio::spawn(async move {
-            let owners: Vec<Author> = (0..2)
-                .map(|_| Author::new(fed, keyfile::generate()))
-                .collect();
-            let mut k = 0u64;
+            let mut k = items.len();
             let mut next_at = start + interval.map_or(Duration::ZERO, |iv| iv * w as u32 / clients);
             'items: while !stop.load(Ordering::Relaxed) {
-                let serial = format!("W{w}-{k}");
-                k += 1;
-                let item = ItemId::new(&ManufacturerId::of(&maker.key.public_key()), &serial);
-                let mut ev = maker.event(
-                    0,
-                    EventHash::ZERO,
-                    EventKind::Mint {
-                        serial,
-                        product: "P".into(),
-                        owner: owners[0].key.public_key(),
-                    },
-                );
-                let (mut height, mut prev) = (0u64, EventHash::ZERO);
-                for t in 0..=transfers {
+                let events = items.pop_front().unwrap_or_else(|| {
+                    if measuring.load(Ordering::Relaxed) {
+                        signed_live.fetch_add(1, Ordering::Relaxed);
+                    }
+                    k += 1;
+                    item_events(&maker, &owners, format!("W{w}-{}", k - 1), transfers)
+                });
+                for ev in &events {
                     if stop.load(Ordering::Relaxed) {
                         break 'items;
-                    }
-                    if t > 0 {
-                        let (from, to) = (&owners[(t - 1) % 2], &owners[t % 2]);
-                        ev = from.event(
-                            height + 1,
-                            prev,
-                            EventKind::Transfer {
-                                item,
-                                to: to.key.public_key(),
-                            },
-                        );
                     }
                     if let Some(iv) = interval {
                         let now = Instant::now();
@@ -273,16 +373,15 @@ async fn drive(
                     }
                     let started = Instant::now();
                     match client
-                        .submit(&ev, Duration::from_secs(10))
+                        .submit(ev, Duration::from_secs(10))
                         .await
                         .map(|o| o.certified())
                     {
-                        Ok(Ok(ce)) => {
+                        // Certified, and the event certified is this one.
+                        Ok(Ok(ce)) if ce.certificate.event == ev.hash() => {
                             if measuring.load(Ordering::Relaxed) {
                                 latencies.lock().await.push(started.elapsed().as_secs_f64());
                             }
-                            height = ce.event.body.height;
-                            prev = ce.certificate.event;
                         }
                         _ => {
                             failures.fetch_add(1, Ordering::Relaxed);
@@ -294,7 +393,7 @@ async fn drive(
         }));
     }
     // Warm up, then measure.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(WARM_UP_SECS)).await;
     let cpu0: Vec<Option<(f64, u64)>> = pids.iter().map(|p| proc_stat(*p)).collect();
     let (me0, machine0) = (proc_stat(std::process::id()), machine_ticks());
     let log0 = clients[0].info().await?["log_len"].as_u64().unwrap_or(0);
@@ -345,6 +444,9 @@ async fn drive(
         "acknowledged_events_per_s": acked,
         "latency_ms": {"p50": percentile(&lat, 0.5) * 1e3, "p90": percentile(&lat, 0.9) * 1e3, "p99": percentile(&lat, 0.99) * 1e3, "max": lat.last().copied().unwrap_or(f64::NAN) * 1e3},
         "failed_submissions": failures.load(Ordering::Relaxed),
+        "events_signed_before_run": presign,
+        "items_signed_during_measurement": signed_live.load(Ordering::Relaxed),
+        "encoding": if o.json { "json" } else { "binary" },
         "secp256k1_verify_us": verify * 1e6,
         "signature_bound_events_per_s": bound,
         "fraction_of_bound": certified / bound,
@@ -371,6 +473,21 @@ async fn drive(
     }
     println!(
         "client (this process): CPU {client_cpu:.0}%  machine: {busy:.0}% of {cores} cores busy"
+    );
+    let live = signed_live.load(Ordering::Relaxed);
+    println!(
+        "client: events {}, submitted as {}{}",
+        if presign {
+            "signed before the run"
+        } else {
+            "signed during the run"
+        },
+        if o.json { "JSON" } else { "binary (postcard)" },
+        if presign && live > 0 {
+            format!("; {live} items signed during the measured time (ran out of pre-signed ones)")
+        } else {
+            String::new()
+        }
     );
     if o.rate.is_none() && busy < 90.0 {
         println!("note: the cores were not saturated, so the rate was bounded by clients / latency; more --clients would offer more");

@@ -1,5 +1,6 @@
-//! `hallmark bench` as a user runs it: stopped with SIGTERM (or Ctrl-C) mid-run, it stops the
-//! operator processes it started instead of leaving them running on the benchmark's ports.
+//! `hallmark bench` as a user runs it: a short run in each of its client modes reports what it
+//! measured; stopped with SIGTERM (or Ctrl-C) mid-run, it stops the operator processes it
+//! started instead of leaving them running on the benchmark's ports.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -13,9 +14,10 @@ const BIN: &str = env!("CARGO_BIN_EXE_hallmark-test-node");
 
 /// The bench's ports are base + i, base + 100 + i and base + 200 + i. Below Linux's ephemeral
 /// range (32768 and up) no other test's outgoing connection can hold one; a base whose ports
-/// are all free is looked for, since another program may listen there.
-fn free_base_port() -> Result<u16> {
-    (29_100..32_000)
+/// are all free is looked for, since another program may listen there. Each test looks in a
+/// range of its own (`range`), since they run at once.
+fn free_base_port(range: std::ops::Range<u16>) -> Result<u16> {
+    range
         .step_by(300)
         .find(|base| {
             (0..3).all(|k| {
@@ -62,7 +64,7 @@ fn a_terminated_bench_stops_its_operators() -> Result<()> {
             "--clients",
             "4",
             "--base-port",
-            &free_base_port()?.to_string(),
+            &free_base_port(29_100..30_500)?.to_string(),
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -128,5 +130,59 @@ fn a_terminated_bench_stops_its_operators() -> Result<()> {
         rest.iter().any(|l| l.contains("terminated")),
         "bench says why it stopped: {rest:?}"
     );
+    Ok(())
+}
+
+/// A 2-second run with 4 clients, in the default mode (events signed before the run, sent in the
+/// binary form) and in the old one (signed during the run, sent as JSON): both certify every
+/// event they submit and write the figures as JSON.
+#[test]
+fn a_short_run_certifies_what_it_submits_in_both_client_modes() -> Result<()> {
+    for (flags, encoding, presigned) in [
+        (&[][..], "binary", true),
+        (&["--json", "--sign-live"][..], "json", false),
+    ] {
+        let dir = tempfile::tempdir()?;
+        let out = dir.path().join("bench.json");
+        let run = Command::new(BIN)
+            .args(["bench", "--duration", "2", "--clients", "4", "--base-port"])
+            .arg(free_base_port(30_500..32_000)?.to_string())
+            .arg("--out")
+            .arg(&out)
+            .args(flags)
+            .stdin(Stdio::null())
+            .output()
+            .context("running hallmark bench")?;
+        let stdout = String::from_utf8_lossy(&run.stdout);
+        ensure!(
+            run.status.success(),
+            "bench {flags:?} failed: {stdout}\n{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&out)?)?;
+        let certified = r["certified_events_per_s"].as_f64().unwrap_or(0.0);
+        ensure!(
+            certified > 10.0,
+            "{flags:?}: {certified} ev/s certified: {r}"
+        );
+        ensure!(r["failed_submissions"] == 0, "{flags:?}: failures: {r}");
+        ensure!(
+            r["latency_ms"]["p50"].as_f64().is_some_and(|p| p > 0.0),
+            "{r}"
+        );
+        ensure!(
+            r["encoding"] == encoding && r["events_signed_before_run"] == presigned,
+            "{r}"
+        );
+        // Pre-signed items last the run; signed live, every item is signed during it.
+        let live = r["items_signed_during_measurement"]
+            .as_u64()
+            .unwrap_or(u64::MAX);
+        ensure!(
+            (live == 0) == presigned,
+            "{flags:?}: items signed live: {r}"
+        );
+        ensure!(stdout.contains("certified events/s"), "{stdout}");
+    }
     Ok(())
 }

@@ -142,6 +142,23 @@ async fn mint_is_certified_and_identical_on_all_four() -> Result<()> {
     let item = item_id(&m, "SN-1");
     let events = converged(&h, &[0, 1, 2, 3], item, 0).await?;
     assert_eq!(events[0].event, ce.event);
+    // The binary form (postcard both ways) certifies the same way, and its reply is the
+    // certified event every operator serves as JSON.
+    let binary = h.client(1).binary();
+    let ev = m.event(
+        0,
+        EventHash::ZERO,
+        EventKind::Mint {
+            serial: "SN-B".into(),
+            product: "Chronograph".into(),
+            owner: owner.key.public_key(),
+        },
+    );
+    let bce = binary.submit(&ev, WAIT).await?.certified()?;
+    assert_eq!(bce.event, ev);
+    bce.certificate.verify(&h.federation)?;
+    let served = converged(&h, &[0, 1, 2, 3], item_id(&m, "SN-B"), 0).await?;
+    assert_eq!(served[0].event, ev);
     // Every operator serves a history a client verifies on its own.
     for i in 0..4 {
         let hist = h.client(i).history(&item).await?.expect("history");
@@ -354,9 +371,13 @@ async fn replayed_and_forged_events_are_rejected_with_codes() -> Result<()> {
             "unknown_manufacturer",
         ),
     ];
+    // The same refusals, with the same codes, for events sent in the binary form.
+    let binary = c.clone().binary();
     for (name, ev, code) in cases {
         let out = c.submit(&ev, WAIT).await?;
         assert_eq!(out.code(), Some(code), "{name}: {out:?}");
+        let out = binary.submit(&ev, WAIT).await?;
+        assert_eq!(out.code(), Some(code), "{name} (binary): {out:?}");
     }
     // Stale: a transfer at height 1 certified, then another at height 1.
     let t1 = owner.next(
@@ -383,6 +404,23 @@ async fn replayed_and_forged_events_are_rejected_with_codes() -> Result<()> {
         r.json::<serde_json::Value>().await?["error"]["code"],
         "malformed_json"
     );
+    // The binary form refuses bytes that are not exactly the canonical encoding of an event
+    // (garbage, or a valid event with a byte after it).
+    let mut trailing = hallmark_protocol::encode(&t1);
+    trailing.push(0);
+    for body in [b"\x01\x02garbage".to_vec(), trailing] {
+        let r = http
+            .post(format!("{}/v1/events", c.base()))
+            .body(body)
+            .header("content-type", "application/octet-stream")
+            .send()
+            .await?;
+        assert_eq!(r.status(), 400);
+        assert_eq!(
+            r.json::<serde_json::Value>().await?["error"]["code"],
+            "malformed_event"
+        );
+    }
     let big = vec![b'x'; 100 * 1024];
     let r = http
         .post(format!("{}/v1/events", c.base()))
