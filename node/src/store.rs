@@ -7,6 +7,7 @@
 //! go through the WAL without fsync: that survives a killed process (the OS keeps the log), and
 //! after a power loss anything lost is fetched back from peers.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,6 +25,7 @@ use rocksdb::{ColumnFamily, IteratorMode, Options, WriteBatch, WriteOptions, DB}
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::fifo::Fifo;
+use foldhash::{HashMap, HashSet};
 
 /// Memory all memtables together may use before they are flushed to disk.
 const MEMTABLE_BUDGET: usize = 64 << 20;
@@ -34,8 +36,14 @@ const MEMTABLE_BUCKETS: usize = 1 << 18;
 /// How many of the last certified events' certificate ranks are kept in memory.
 pub const RECENT_RANKS: usize = 65_536;
 
-/// Version of the on-disk layout; a store of another version is refused.
-pub const SCHEMA_VERSION: u32 = 2;
+/// Version of the on-disk layout; a store of another version is refused. Version 3 keeps the
+/// events awaiting a checkpoint in memory (found again from the log when the store is opened)
+/// instead of in a column of their own, which every certified event wrote and every checkpoint
+/// deleted from.
+pub const SCHEMA_VERSION: u32 = 3;
+/// The column family of versions 1 and 2 for the events awaiting a checkpoint, dropped when such
+/// a store is opened.
+const LEGACY_UNCHECKPOINTED: &str = "uncheckpointed";
 
 /// Every column family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,8 +72,6 @@ pub enum Column {
     Checkpoints,
     /// Event hash -> number of the checkpoint covering it.
     CheckpointOf,
-    /// Event hashes certified here and not yet in a checkpoint.
-    Uncheckpointed,
     /// Checkpoint number -> `AnchorRecord` (its confirmed Bitcoin anchor).
     Anchors,
     /// The operator's BDK wallet change set.
@@ -74,7 +80,7 @@ pub enum Column {
 
 impl Column {
     /// All columns.
-    pub const ALL: [Column; 15] = [
+    pub const ALL: [Column; 14] = [
         Column::Meta,
         Column::Events,
         Column::Certificates,
@@ -87,7 +93,6 @@ impl Column {
         Column::Evidence,
         Column::Checkpoints,
         Column::CheckpointOf,
-        Column::Uncheckpointed,
         Column::Anchors,
         Column::Wallet,
     ];
@@ -107,7 +112,6 @@ impl Column {
             Column::Evidence => "evidence",
             Column::Checkpoints => "checkpoints",
             Column::CheckpointOf => "checkpoint_of",
-            Column::Uncheckpointed => "uncheckpointed",
             Column::Anchors => "anchors",
             Column::Wallet => "wallet",
         }
@@ -146,6 +150,9 @@ impl Column {
 const META_SCHEMA: &[u8] = b"schema_version";
 const META_NEXT_CHECKPOINT: &[u8] = b"next_checkpoint";
 const META_AHEAD: &[u8] = b"checkpointed_ahead";
+/// A log position before which every event is in a final checkpoint: opening the store looks for
+/// the events awaiting one from there on.
+const META_UNCHECKPOINTED_FROM: &[u8] = b"uncheckpointed_from";
 const WALLET_KEY: &[u8] = b"changeset";
 
 /// A checkpoint's Bitcoin anchor as this operator saw it confirmed.
@@ -207,10 +214,11 @@ pub enum StoreError {
 #[derive(Clone)]
 pub struct Store {
     db: Arc<DB>,
-    /// How many certified events are not yet in a checkpoint (counted once when opened, then
-    /// kept by the writes: the checkpoint schedule asks every tick, and a scan of the column
-    /// would walk past the tombstones of every event checkpointed since the last compaction).
-    pending: Arc<AtomicU64>,
+    /// The certified events not yet in a final checkpoint (found from the log when the store is
+    /// opened, then kept by the writes). Kept in memory, since each certified event is added
+    /// and each checkpoint takes them out: as a column, they were a random-key insert and a
+    /// tombstone per event and reads per checkpoint, about a tenth of the event loop's time.
+    pending: Arc<Mutex<Pending>>,
     /// The log's length (found once when opened, then kept by `apply`).
     log_len: Arc<AtomicU64>,
     /// At least the number of events final checkpoints cover that are not certified here yet
@@ -222,6 +230,20 @@ pub struct Store {
     /// after the decision and for every entry of a peer's log at catch-up; each would otherwise
     /// be a RocksDB read and a decode.
     ranks: Arc<Mutex<Fifo<EventHash, Rank>>>,
+}
+
+/// Certified events awaiting a checkpoint, in log order.
+#[derive(Default)]
+struct Pending {
+    by_pos: BTreeMap<u64, EventHash>,
+    pos: HashMap<EventHash, u64>,
+}
+
+impl Pending {
+    fn insert(&mut self, pos: u64, hash: EventHash) {
+        self.by_pos.insert(pos, hash);
+        self.pos.insert(hash, pos);
+    }
 }
 
 /// What applying one certified event writes, beyond the event and its certificate.
@@ -257,11 +279,37 @@ impl Store {
         // writes, as an OS crash could already; certified events lost that way come back by
         // catch-up, and everything that must survive (votes, checkpoints, the wallet) is synced.
         opts.set_manual_wal_flush(true);
-        let columns = Column::ALL
-            .map(|c| rocksdb::ColumnFamilyDescriptor::new(c.name(), c.options(opts.clone())));
+        // A store of version 1 or 2 has a column this one no longer uses: opened, then dropped.
+        let legacy = DB::list_cf(&opts, dir)
+            .is_ok_and(|names| names.iter().any(|n| n == LEGACY_UNCHECKPOINTED));
+        let mut columns: Vec<_> = Column::ALL
+            .map(|c| rocksdb::ColumnFamilyDescriptor::new(c.name(), c.options(opts.clone())))
+            .into();
+        if legacy {
+            columns.push(rocksdb::ColumnFamilyDescriptor::new(
+                LEGACY_UNCHECKPOINTED,
+                opts.clone(),
+            ));
+        }
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
-        let db = DB::open_cf_descriptors(&opts, dir, columns)?;
+        let mut db = DB::open_cf_descriptors(&opts, dir, columns)?;
+        let meta = db
+            .cf_handle(Column::Meta.name())
+            .expect("every Column is created when the store is opened");
+        let version = db.get_cf(meta, META_SCHEMA)?.map(|v| {
+            v.as_slice()
+                .try_into()
+                .map(u32::from_be_bytes)
+                .unwrap_or(u32::MAX)
+        });
+        if let Some(found) = version.filter(|v| !(1..=SCHEMA_VERSION).contains(v)) {
+            return Err(StoreError::Schema { found });
+        }
+        // (What it held is found again from the log, below.)
+        if legacy {
+            db.drop_cf(LEGACY_UNCHECKPOINTED)?;
+        }
         let store = Self {
             db: Arc::new(db),
             pending: Arc::default(),
@@ -269,17 +317,6 @@ impl Store {
             ahead: Arc::default(),
             ranks: Arc::new(Mutex::new(Fifo::new(RECENT_RANKS))),
         };
-        let version = store.get_raw(Column::Meta, META_SCHEMA)?.map(|v| {
-            v.as_slice()
-                .try_into()
-                .map(u32::from_be_bytes)
-                .unwrap_or(u32::MAX)
-        });
-        let pending = store
-            .db
-            .iterator_cf(store.cf(Column::Uncheckpointed), IteratorMode::Start)
-            .count();
-        store.pending.store(pending as u64, Ordering::Relaxed);
         let last = store
             .db
             .iterator_cf(store.cf(Column::Log), IteratorMode::End)
@@ -300,20 +337,31 @@ impl Store {
         store.log_len.store(log_len, Ordering::Relaxed);
         let ahead = match version {
             None => 0,
-            Some(SCHEMA_VERSION) => match store.get_raw(Column::Meta, META_AHEAD)? {
-                // Unreadable: always look (it is only an upper bound).
-                Some(v) => v.as_slice().try_into().map_or(u64::MAX, u64::from_be_bytes),
-                None => store.count_ahead()?,
-            },
             // Version 1 kept the log length in Meta and no count: count once. The version
             // changes so that a version 1 build refuses the store (it would trust a stale log
             // length and append over the log).
             Some(1) => store.count_ahead()?,
-            Some(found) => return Err(StoreError::Schema { found }),
+            Some(_) => match store.get_raw(Column::Meta, META_AHEAD)? {
+                // Unreadable: always look (it is only an upper bound).
+                Some(v) => v.as_slice().try_into().map_or(u64::MAX, u64::from_be_bytes),
+                None => store.count_ahead()?,
+            },
         };
+        // Versions before 3 have no mark: the whole log is looked through once.
+        let from = match store.get_raw(Column::Meta, META_UNCHECKPOINTED_FROM)? {
+            Some(v) => v.as_slice().try_into().map_or(0, u64::from_be_bytes),
+            None => 0,
+        };
+        let pending = store.find_uncheckpointed(from)?;
+        *store.pending() = pending;
         if version != Some(SCHEMA_VERSION) {
             let mut b = WriteBatch::default();
             b.put_cf(store.cf(Column::Meta), META_AHEAD, ahead.to_be_bytes());
+            b.put_cf(
+                store.cf(Column::Meta),
+                META_UNCHECKPOINTED_FROM,
+                from.to_be_bytes(),
+            );
             b.put_cf(
                 store.cf(Column::Meta),
                 META_SCHEMA,
@@ -325,6 +373,38 @@ impl Store {
         }
         store.ahead.store(ahead, Ordering::Relaxed);
         Ok(store)
+    }
+
+    /// The certified events from log position `from` on that no final checkpoint covers.
+    fn find_uncheckpointed(&self, from: u64) -> Result<Pending, StoreError> {
+        let mut pending = Pending::default();
+        let iter = self.db.iterator_cf(
+            self.cf(Column::Log),
+            IteratorMode::From(&from.to_be_bytes(), rocksdb::Direction::Forward),
+        );
+        for kv in iter {
+            let (k, v) = kv?;
+            let (Ok(pos), Ok(hash)) = (
+                <[u8; 8]>::try_from(k.as_ref()),
+                <[u8; 32]>::try_from(v.as_ref()),
+            ) else {
+                return Err(StoreError::Corrupt {
+                    column: Column::Log.name(),
+                    error: hallmark_protocol::DecodeError::Malformed("bad log entry".into()),
+                });
+            };
+            let hash = EventHash(hash);
+            if self.checkpoint_of(&hash)?.is_none() {
+                pending.insert(u64::from_be_bytes(pos), hash);
+            }
+        }
+        Ok(pending)
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        // A panic while the lock was held cannot leave it half-changed: its writers change it
+        // only after their write to the store succeeded, and then in full.
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Events covered by final checkpoints and not certified here (one scan).
@@ -574,15 +654,13 @@ impl Store {
         b.put_cf(self.cf(Column::Log), pos.to_be_bytes(), hash.0);
         let ahead = self.ahead.load(Ordering::Relaxed);
         let pending = ahead == 0 || self.checkpoint_of(&hash)?.is_none();
-        if pending {
-            b.put_cf(self.cf(Column::Uncheckpointed), hash.0, []);
-        } else {
+        if !pending {
             b.put_cf(self.cf(Column::Meta), META_AHEAD, (ahead - 1).to_be_bytes());
         }
         self.db.write(b)?;
         self.log_len.store(pos + 1, Ordering::Relaxed);
         if pending {
-            self.pending.fetch_add(1, Ordering::Relaxed);
+            self.pending().insert(pos, hash);
         } else {
             self.ahead.store(ahead - 1, Ordering::Relaxed);
         }
@@ -651,30 +729,25 @@ impl Store {
             .and_then(|v| v.as_slice().try_into().ok().map(u64::from_be_bytes)))
     }
 
-    /// Up to `limit` certified events not yet in a checkpoint, ascending.
-    pub fn uncheckpointed(&self, limit: usize) -> Result<Vec<EventHash>, StoreError> {
-        let mut out = Vec::new();
-        for kv in self
-            .db
-            .iterator_cf(self.cf(Column::Uncheckpointed), IteratorMode::Start)
+    /// Up to `limit` certified events not yet in a checkpoint, the earliest certified here
+    /// first.
+    pub fn uncheckpointed(&self, limit: usize) -> Vec<EventHash> {
+        self.pending()
+            .by_pos
+            .values()
             .take(limit)
-        {
-            let (k, _) = kv?;
-            if let Ok(h) = <[u8; 32]>::try_from(k.as_ref()) {
-                out.push(EventHash(h));
-            }
-        }
-        Ok(out)
+            .copied()
+            .collect()
     }
 
     /// How many certified events are not yet in a checkpoint.
     pub fn uncheckpointed_count(&self) -> u64 {
-        self.pending.load(Ordering::Relaxed)
+        self.pending().by_pos.len() as u64
     }
 
     /// Whether an event is certified here and not yet checkpointed.
-    pub fn is_uncheckpointed(&self, event: &EventHash) -> Result<bool, StoreError> {
-        Ok(self.get_raw(Column::Uncheckpointed, &event.0)?.is_some())
+    pub fn is_uncheckpointed(&self, event: &EventHash) -> bool {
+        self.pending().pos.contains_key(event)
     }
 
     /// Stores the next final checkpoint, marking its events, atomically.
@@ -682,13 +755,15 @@ impl Store {
         let n = f.certified.checkpoint.number;
         let mut b = WriteBatch::default();
         b.put_cf(self.cf(Column::Checkpoints), n.to_be_bytes(), encode(f));
-        let mut covered = 0;
+        let mut pending = self.pending();
+        // The log positions of the events it covers that were waiting for it.
+        let covered: HashSet<u64> = f
+            .events
+            .iter()
+            .filter_map(|e| pending.pos.get(e).copied())
+            .collect();
         for e in &f.events {
             b.put_cf(self.cf(Column::CheckpointOf), e.0, n.to_be_bytes());
-            if self.is_uncheckpointed(e)? {
-                b.delete_cf(self.cf(Column::Uncheckpointed), e.0);
-                covered += 1;
-            }
         }
         b.put_cf(
             self.cf(Column::Meta),
@@ -699,10 +774,26 @@ impl Store {
         let ahead = self
             .ahead
             .load(Ordering::Relaxed)
-            .saturating_add(f.events.len() as u64 - covered);
+            .saturating_add(f.events.len() as u64 - covered.len() as u64);
         b.put_cf(self.cf(Column::Meta), META_AHEAD, ahead.to_be_bytes());
+        // Every event before the first one still waiting is covered now.
+        let from = pending
+            .by_pos
+            .keys()
+            .find(|p| !covered.contains(p))
+            .copied()
+            .unwrap_or_else(|| self.log_len());
+        b.put_cf(
+            self.cf(Column::Meta),
+            META_UNCHECKPOINTED_FROM,
+            from.to_be_bytes(),
+        );
         self.db.write(b)?;
-        self.pending.fetch_sub(covered, Ordering::Relaxed);
+        for p in covered {
+            if let Some(h) = pending.by_pos.remove(&p) {
+                pending.pos.remove(&h);
+            }
+        }
         self.ahead.store(ahead, Ordering::Relaxed);
         Ok(())
     }
@@ -821,7 +912,7 @@ mod tests {
         );
         assert_eq!(s.log_entries(1, 10, &f).unwrap().len(), 0);
         assert_eq!(s.uncheckpointed_count(), 1);
-        assert_eq!(s.uncheckpointed(10).unwrap(), vec![hash]);
+        assert_eq!(s.uncheckpointed(10), vec![hash]);
     }
 
     #[test]
@@ -867,8 +958,12 @@ mod tests {
         })
         .unwrap();
         assert_eq!(s.uncheckpointed_count(), 1);
-        assert_eq!(s.uncheckpointed(10).unwrap(), vec![hashes[1]]);
+        assert_eq!(s.uncheckpointed(10), vec![hashes[1]]);
+        assert!(!s.is_uncheckpointed(&hashes[0]) && s.is_uncheckpointed(&hashes[1]));
         assert_eq!(s.ahead.load(Ordering::Relaxed), 1);
+        // Opening looks for waiting events from the first one on (position 1).
+        let mark = |s: &Store| s.get_raw(Column::Meta, META_UNCHECKPOINTED_FROM).unwrap();
+        assert_eq!(mark(&s), Some(1u64.to_be_bytes().to_vec()));
         drop(s);
         let s = Store::open(dir.path()).unwrap();
         assert_eq!(s.uncheckpointed_count(), 1);
@@ -881,7 +976,82 @@ mod tests {
         drop(s);
         let s = Store::open(dir.path()).unwrap();
         assert_eq!((s.uncheckpointed_count(), s.log_len()), (1, 4));
+        assert_eq!(s.uncheckpointed(10), vec![hashes[1]]);
         assert_eq!(s.ahead.load(Ordering::Relaxed), 0);
+        assert_eq!(mark(&s), Some(1u64.to_be_bytes().to_vec()));
+        // A checkpoint of the last one: nothing waits, and the mark moves to the log's end.
+        let mut events = vec![hashes[1]];
+        let (checkpoint, _) =
+            Checkpoint::build(f.id(), 1, CheckpointHash::ZERO, &mut events).unwrap();
+        let certificate = Certificate {
+            event: checkpoint.vote_target(),
+            round: 0,
+            attestations: Vec::new(),
+        };
+        s.put_checkpoint(&FinalCheckpoint {
+            certified: CertifiedCheckpoint {
+                checkpoint,
+                certificate,
+            },
+            events,
+        })
+        .unwrap();
+        assert_eq!(s.uncheckpointed_count(), 0);
+        assert_eq!(mark(&s), Some(4u64.to_be_bytes().to_vec()));
+        drop(s);
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!((s.uncheckpointed_count(), s.log_len()), (0, 4));
+    }
+
+    #[test]
+    fn a_version_2_store_is_upgraded_finding_the_waiting_events_in_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = federation(3, 4);
+        let mut hashes = Vec::new();
+        {
+            let mut s = Store::open(dir.path()).unwrap();
+            for i in 1..=3 {
+                let (ce, rec) = registration(&f, i);
+                let hash = ce.certificate.event;
+                let rank = ce.certificate.rank(&f);
+                s.apply(
+                    &ce.event.subject(hash),
+                    &ce,
+                    &StateChange::Manufacturer(rec),
+                    rank,
+                )
+                .unwrap();
+                hashes.push(hash);
+            }
+            // As a version 2 build left it: the first event checkpointed, the others listed in
+            // the column of their own, and no mark.
+            s.db.put_cf(s.cf(Column::CheckpointOf), hashes[0].0, 0u64.to_be_bytes())
+                .unwrap();
+            let db = Arc::get_mut(&mut s.db).unwrap();
+            db.create_cf(LEGACY_UNCHECKPOINTED, &Options::default())
+                .unwrap();
+            let legacy = db.cf_handle(LEGACY_UNCHECKPOINTED).unwrap();
+            for h in &hashes[1..] {
+                db.put_cf(legacy, h.0, []).unwrap();
+            }
+            s.db.delete_cf(s.cf(Column::Meta), META_UNCHECKPOINTED_FROM)
+                .unwrap();
+            s.db.put_cf(s.cf(Column::Meta), META_SCHEMA, 2u32.to_be_bytes())
+                .unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.uncheckpointed(10), hashes[1..].to_vec());
+        let version = s.get_raw(Column::Meta, META_SCHEMA).unwrap().unwrap();
+        assert_eq!(version, SCHEMA_VERSION.to_be_bytes());
+        drop(s);
+        let names = DB::list_cf(&Options::default(), dir.path()).unwrap();
+        assert!(
+            !names.iter().any(|n| n == LEGACY_UNCHECKPOINTED),
+            "{names:?}"
+        );
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.uncheckpointed(10), hashes[1..].to_vec());
+        assert_eq!(s.log_len(), 3);
     }
 
     #[test]

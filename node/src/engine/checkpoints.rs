@@ -77,7 +77,7 @@ impl Engine {
         {
             return Ok(());
         }
-        let mut events = store.uncheckpointed(MAX_EVENTS_PER_CHECKPOINT)?;
+        let mut events = store.uncheckpointed(MAX_EVENTS_PER_CHECKPOINT);
         if events.is_empty() {
             return Ok(());
         }
@@ -126,7 +126,7 @@ impl Engine {
         }
         let mut missing = Vec::new();
         for e in &p.events {
-            if !store.is_uncheckpointed(e)? {
+            if !store.is_uncheckpointed(e) {
                 if store.certificate(e)?.is_some() {
                     warn!(number = cp.number, event = %e, "checkpoint proposal re-covers a checkpointed event");
                     return Ok(());
