@@ -31,8 +31,10 @@ use foldhash::{HashMap, HashSet};
 const MEMTABLE_BUDGET: usize = 64 << 20;
 /// The block cache shared by every column family.
 const BLOCK_CACHE_BYTES: usize = 32 << 20;
-/// Hash buckets of the memtable of a column read only by whole key.
-const MEMTABLE_BUCKETS: usize = 1 << 18;
+/// Hash buckets of the memtable of a column read only by whole key: about as many as the entries
+/// a memtable holds before it is flushed (some 10^4 to 10^5). Four times as many (1 << 18) made
+/// every insert a cache and TLB miss into a 2 MB array: 6.7 % fewer events/s at the max rate.
+const MEMTABLE_BUCKETS: usize = 1 << 16;
 /// How many of the last certified events' certificate ranks are kept in memory.
 pub const RECENT_RANKS: usize = 65_536;
 
