@@ -874,6 +874,43 @@ mod tests {
         (ce, rec)
     }
 
+    /// Applies the certified registration of manufacturer key `i`; returns its hash.
+    fn register(s: &Store, f: &Federation, i: u32) -> EventHash {
+        let (ce, rec) = registration(f, i);
+        let hash = ce.certificate.event;
+        let rank = ce.certificate.rank(f);
+        s.apply(
+            &ce.event.subject(hash),
+            &ce,
+            &StateChange::Manufacturer(rec),
+            rank,
+        )
+        .unwrap();
+        hash
+    }
+
+    /// Checkpoint `number` over `events`, as final (its certificate is not checked here).
+    fn final_checkpoint(
+        f: &Federation,
+        number: u64,
+        mut events: Vec<EventHash>,
+    ) -> FinalCheckpoint {
+        let (checkpoint, _) =
+            Checkpoint::build(f.id(), number, CheckpointHash::ZERO, &mut events).unwrap();
+        let certificate = Certificate {
+            event: checkpoint.vote_target(),
+            round: 0,
+            attestations: Vec::new(),
+        };
+        FinalCheckpoint {
+            certified: CertifiedCheckpoint {
+                checkpoint,
+                certificate,
+            },
+            events,
+        }
+    }
+
     #[test]
     fn apply_is_atomic_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -943,21 +980,11 @@ mod tests {
         assert_eq!(s.uncheckpointed_count(), 3);
         // A checkpoint over two of them and an event this operator does not hold yet.
         let (late, late_rec) = registration(&f, 4);
-        let mut events = vec![hashes[0], hashes[2], late.certificate.event];
-        let (checkpoint, _) =
-            Checkpoint::build(f.id(), 0, CheckpointHash::ZERO, &mut events).unwrap();
-        let certificate = Certificate {
-            event: checkpoint.vote_target(),
-            round: 0,
-            attestations: Vec::new(),
-        };
-        s.put_checkpoint(&FinalCheckpoint {
-            certified: CertifiedCheckpoint {
-                checkpoint,
-                certificate,
-            },
-            events,
-        })
+        s.put_checkpoint(&final_checkpoint(
+            &f,
+            0,
+            vec![hashes[0], hashes[2], late.certificate.event],
+        ))
         .unwrap();
         assert_eq!(s.uncheckpointed_count(), 1);
         assert_eq!(s.uncheckpointed(10), vec![hashes[1]]);
@@ -982,22 +1009,8 @@ mod tests {
         assert_eq!(s.ahead.load(Ordering::Relaxed), 0);
         assert_eq!(mark(&s), Some(1u64.to_be_bytes().to_vec()));
         // A checkpoint of the last one: nothing waits, and the mark moves to the log's end.
-        let mut events = vec![hashes[1]];
-        let (checkpoint, _) =
-            Checkpoint::build(f.id(), 1, CheckpointHash::ZERO, &mut events).unwrap();
-        let certificate = Certificate {
-            event: checkpoint.vote_target(),
-            round: 0,
-            attestations: Vec::new(),
-        };
-        s.put_checkpoint(&FinalCheckpoint {
-            certified: CertifiedCheckpoint {
-                checkpoint,
-                certificate,
-            },
-            events,
-        })
-        .unwrap();
+        s.put_checkpoint(&final_checkpoint(&f, 1, vec![hashes[1]]))
+            .unwrap();
         assert_eq!(s.uncheckpointed_count(), 0);
         assert_eq!(mark(&s), Some(4u64.to_be_bytes().to_vec()));
         drop(s);
@@ -1013,17 +1026,7 @@ mod tests {
         {
             let mut s = Store::open(dir.path()).unwrap();
             for i in 1..=3 {
-                let (ce, rec) = registration(&f, i);
-                let hash = ce.certificate.event;
-                let rank = ce.certificate.rank(&f);
-                s.apply(
-                    &ce.event.subject(hash),
-                    &ce,
-                    &StateChange::Manufacturer(rec),
-                    rank,
-                )
-                .unwrap();
-                hashes.push(hash);
+                hashes.push(register(&s, &f, i));
             }
             // As a version 2 build left it: the first event checkpointed, the others listed in
             // the column of their own, and no mark.
@@ -1060,18 +1063,9 @@ mod tests {
     fn a_version_1_store_is_upgraded_counting_checkpointed_events_once() {
         let dir = tempfile::tempdir().unwrap();
         let f = federation(3, 4);
-        let (ce, rec) = registration(&f, 1);
         {
             let s = Store::open(dir.path()).unwrap();
-            let hash = ce.certificate.event;
-            let rank = ce.certificate.rank(&f);
-            s.apply(
-                &ce.event.subject(hash),
-                &ce,
-                &StateChange::Manufacturer(rec),
-                rank,
-            )
-            .unwrap();
+            let hash = register(&s, &f, 1);
             // As an older build left it: two events covered by a checkpoint, one certified.
             let cf = s.cf(Column::CheckpointOf);
             s.db.put_cf(cf, hash.0, 0u64.to_be_bytes()).unwrap();

@@ -392,34 +392,29 @@ async fn replayed_and_forged_events_are_rejected_with_codes() -> Result<()> {
     assert_eq!(c.submit(&stale, WAIT).await?.code(), Some("stale_height"));
 
     // Malformed and oversize bodies.
-    let http = reqwest_client();
-    let r = http
-        .post(format!("{}/v1/events", c.base()))
-        .body("{not json")
-        .header("content-type", "application/json")
-        .send()
-        .await?;
-    assert_eq!(r.status(), 400);
-    assert_eq!(
-        r.json::<serde_json::Value>().await?["error"]["code"],
-        "malformed_json"
-    );
     // The binary form refuses bytes that are not exactly the canonical encoding of an event
     // (garbage, or a valid event with a byte after it).
+    let http = reqwest_client();
     let mut trailing = hallmark_protocol::encode(&t1);
     trailing.push(0);
-    for body in [b"\x01\x02garbage".to_vec(), trailing] {
+    let malformed = [
+        (b"{not json".to_vec(), "application/json", "malformed_json"),
+        (
+            b"\x01\x02garbage".to_vec(),
+            "application/octet-stream",
+            "malformed_event",
+        ),
+        (trailing, "application/octet-stream", "malformed_event"),
+    ];
+    for (body, content_type, code) in malformed {
         let r = http
             .post(format!("{}/v1/events", c.base()))
             .body(body)
-            .header("content-type", "application/octet-stream")
+            .header("content-type", content_type)
             .send()
             .await?;
         assert_eq!(r.status(), 400);
-        assert_eq!(
-            r.json::<serde_json::Value>().await?["error"]["code"],
-            "malformed_event"
-        );
+        assert_eq!(r.json::<serde_json::Value>().await?["error"]["code"], code);
     }
     let big = vec![b'x'; 100 * 1024];
     let r = http
