@@ -93,8 +93,16 @@ struct Encodings {
 
 impl Encodings {
     fn of(content_type: Option<&str>, accept: Option<&str>) -> Self {
-        let is_binary =
-            |h: Option<&str>| h.is_some_and(|v| v.split(',').any(|t| t.trim().starts_with(BINARY)));
+        // One of the listed media types, whatever its parameters and case.
+        let is_binary = |h: Option<&str>| {
+            h.is_some_and(|v| {
+                v.split(',').any(|t| {
+                    t.split(';')
+                        .next()
+                        .is_some_and(|m| m.trim().eq_ignore_ascii_case(BINARY))
+                })
+            })
+        };
         Self {
             binary_body: is_binary(content_type),
             binary_reply: is_binary(accept),
@@ -485,6 +493,8 @@ async fn recover(err: Rejection) -> Result<Response, Infallible> {
         )
     } else if err.find::<warp::reject::InvalidQuery>().is_some() {
         error(StatusCode::BAD_REQUEST, "bad_query", "invalid query string")
+    } else if let Some(h) = err.find::<warp::reject::InvalidHeader>() {
+        error(StatusCode::BAD_REQUEST, "bad_header", h)
     } else {
         error(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -621,4 +631,21 @@ pub fn metrics_routes() -> warp::filters::BoxedFilter<(Response,)> {
                 .into_response()
         })
         .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Encodings;
+
+    #[test]
+    fn the_binary_form_is_asked_for_by_media_type_whatever_its_case_and_parameters() {
+        let binary = |h: &str| Encodings::of(Some(h), None).binary_body;
+        assert!(binary("application/octet-stream"));
+        assert!(binary("Application/Octet-Stream; charset=binary"));
+        assert!(binary("application/json, application/octet-stream;q=0.5"));
+        assert!(!binary("application/json"));
+        assert!(!binary("application/octet-streamx"));
+        assert!(!Encodings::of(None, None).binary_reply);
+        assert!(Encodings::of(None, Some("application/octet-stream")).binary_reply);
+    }
 }

@@ -261,7 +261,7 @@ pub enum StateChange {
 impl Store {
     /// Opens (creating if needed) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        // Memory is bounded for the whole store, not per column family (15 of them): memtables
+        // Memory is bounded for the whole store, not per column family (14 of them): memtables
         // share one write budget and tables one block cache.
         let mut opts = Options::default();
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
@@ -295,7 +295,7 @@ impl Store {
         }
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
-        let mut db = DB::open_cf_descriptors(&opts, dir, columns)?;
+        let db = DB::open_cf_descriptors(&opts, dir, columns)?;
         let meta = db
             .cf_handle(Column::Meta.name())
             .expect("every Column is created when the store is opened");
@@ -308,11 +308,7 @@ impl Store {
         if let Some(found) = version.filter(|v| !(1..=SCHEMA_VERSION).contains(v)) {
             return Err(StoreError::Schema { found });
         }
-        // (What it held is found again from the log, below.)
-        if legacy {
-            db.drop_cf(LEGACY_UNCHECKPOINTED)?;
-        }
-        let store = Self {
+        let mut store = Self {
             db: Arc::new(db),
             pending: Arc::default(),
             log_len: Arc::default(),
@@ -355,14 +351,24 @@ impl Store {
             None => 0,
         };
         let pending = store.find_uncheckpointed(from)?;
+        // The mark moves up to the first waiting event now, so the next opening need not look
+        // through the same stretch again (an upgraded store's mark starts at 0).
+        let first = pending.by_pos.keys().next().copied().unwrap_or(log_len);
         *store.pending() = pending;
+        if first != from && version == Some(SCHEMA_VERSION) {
+            store.db.put_cf(
+                store.cf(Column::Meta),
+                META_UNCHECKPOINTED_FROM,
+                first.to_be_bytes(),
+            )?;
+        }
         if version != Some(SCHEMA_VERSION) {
             let mut b = WriteBatch::default();
             b.put_cf(store.cf(Column::Meta), META_AHEAD, ahead.to_be_bytes());
             b.put_cf(
                 store.cf(Column::Meta),
                 META_UNCHECKPOINTED_FROM,
-                from.to_be_bytes(),
+                first.to_be_bytes(),
             );
             b.put_cf(
                 store.cf(Column::Meta),
@@ -372,6 +378,13 @@ impl Store {
             let mut wo = WriteOptions::default();
             wo.set_sync(true);
             store.db.write_opt(b, &wo)?;
+        }
+        // Dropped only once the store says version 3 (synced above): a crash before leaves a
+        // version 2 store with its column, which either build reads right.
+        if legacy {
+            Arc::get_mut(&mut store.db)
+                .expect("the store is not shared while it is opened")
+                .drop_cf(LEGACY_UNCHECKPOINTED)?;
         }
         store.ahead.store(ahead, Ordering::Relaxed);
         Ok(store)
@@ -1046,6 +1059,9 @@ mod tests {
         }
         let s = Store::open(dir.path()).unwrap();
         assert_eq!(s.uncheckpointed(10), hashes[1..].to_vec());
+        // The mark starts at the first waiting event (position 1), not at the log's start.
+        let mark = s.get_raw(Column::Meta, META_UNCHECKPOINTED_FROM).unwrap();
+        assert_eq!(mark, Some(1u64.to_be_bytes().to_vec()));
         let version = s.get_raw(Column::Meta, META_SCHEMA).unwrap().unwrap();
         assert_eq!(version, SCHEMA_VERSION.to_be_bytes());
         drop(s);

@@ -146,7 +146,7 @@ fn a_short_run_certifies_what_it_submits_in_both_client_modes() -> Result<()> {
         let out = dir.path().join("bench.json");
         let run = Command::new(BIN)
             .args(["bench", "--duration", "2", "--clients", "4", "--base-port"])
-            .arg(free_base_port(30_500..32_000)?.to_string())
+            .arg(free_base_port(30_600..32_000)?.to_string())
             .arg("--out")
             .arg(&out)
             .args(flags)

@@ -416,6 +416,21 @@ async fn replayed_and_forged_events_are_rejected_with_codes() -> Result<()> {
         assert_eq!(r.status(), 400);
         assert_eq!(r.json::<serde_json::Value>().await?["error"]["code"], code);
     }
+    // A header that is not text is refused as such (not an internal error).
+    let r = http
+        .post(format!("{}/v1/events", c.base()))
+        .body(hallmark_protocol::encode(&t1))
+        .header(
+            "content-type",
+            reqwest::header::HeaderValue::from_bytes(b"application/\xffoctet")?,
+        )
+        .send()
+        .await?;
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        r.json::<serde_json::Value>().await?["error"]["code"],
+        "bad_header"
+    );
     let big = vec![b'x'; 100 * 1024];
     let r = http
         .post(format!("{}/v1/events", c.base()))
