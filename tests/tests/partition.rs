@@ -80,6 +80,15 @@ async fn without_a_quorum_nothing_is_certified_and_healing_decides_once() -> Res
         .await?
         .certified()?;
     let item = ItemId::new(&ManufacturerId::of(&m.key.public_key()), "SN-1");
+    // Operator 0 answered once it held the certificate; the others assemble theirs a moment
+    // later, and one that has not yet would refuse the transfer below as ahead of its chain.
+    poll_until(WAIT, "the mint on every operator", || async {
+        for i in 0..4 {
+            h.client(i).item(&item).await.ok()??;
+        }
+        Some(())
+    })
+    .await?;
     // Two against two: neither side has 3 of 4. The owner equivocates across the cut.
     h.pause(2)?;
     h.pause(3)?;
