@@ -71,6 +71,9 @@ const WARM_UP_SECS: u64 = 3;
 /// Longest run whose events are all signed before it starts: an operator refuses events
 /// timestamped more than `timestamp_window_secs` (600 by default) from its clock.
 const PRESIGN_MAX_SECS: u64 = 300;
+/// Most events signed before a run (about 0.8 kB of memory each): longer or faster runs sign
+/// the rest as they go, and say how many items they signed so.
+const PRESIGN_MAX_EVENTS: usize = 600_000;
 
 /// Sets its flag when dropped.
 #[derive(Default)]
@@ -286,7 +289,13 @@ async fn drive(
             .unwrap_or(PRESIGN_RATE)
             .min(o.clients as f64 * PER_CLIENT_MAX_RATE);
         let events = (o.duration + WARM_UP_SECS + 5) as f64 * rate;
-        (events / o.clients as f64 / (o.transfers + 1) as f64).ceil() as usize + 1
+        let per_item = (o.transfers + 1) as f64;
+        let wanted = (events / o.clients as f64 / per_item).ceil() as usize + 1;
+        let cap = (PRESIGN_MAX_EVENTS as f64 / o.clients as f64 / per_item) as usize;
+        if wanted > cap.max(1) {
+            eprintln!("bench: at most {PRESIGN_MAX_EVENTS} events are signed before the run; clients sign the rest as they go");
+        }
+        wanted.min(cap.max(1))
     } else {
         0
     };
