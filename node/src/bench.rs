@@ -291,11 +291,11 @@ async fn drive(
         let events = (o.duration + WARM_UP_SECS + 5) as f64 * rate;
         let per_item = (o.transfers + 1) as f64;
         let wanted = (events / o.clients as f64 / per_item).ceil() as usize + 1;
-        let cap = (PRESIGN_MAX_EVENTS as f64 / o.clients as f64 / per_item) as usize;
-        if wanted > cap.max(1) {
+        let cap = ((PRESIGN_MAX_EVENTS as f64 / o.clients as f64 / per_item) as usize).max(1);
+        if wanted > cap {
             eprintln!("bench: at most {PRESIGN_MAX_EVENTS} events are signed before the run; clients sign the rest as they go");
         }
-        wanted.min(cap.max(1))
+        wanted.min(cap)
     } else {
         0
     };
@@ -366,8 +366,9 @@ async fn drive(
                     if measuring.load(Ordering::Relaxed) {
                         signed_live.fetch_add(1, Ordering::Relaxed);
                     }
+                    let serial = format!("W{w}-{k}");
                     k += 1;
-                    item_events(&maker, &owners, format!("W{w}-{}", k - 1), transfers)
+                    item_events(&maker, &owners, serial, transfers)
                 });
                 for ev in &events {
                     if stop.load(Ordering::Relaxed) {

@@ -246,6 +246,12 @@ impl Pending {
         self.by_pos.insert(pos, hash);
         self.pos.insert(hash, pos);
     }
+
+    fn remove(&mut self, pos: u64) {
+        if let Some(h) = self.by_pos.remove(&pos) {
+            self.pos.remove(&h);
+        }
+    }
 }
 
 /// What applying one certified event writes, beyond the event and its certificate.
@@ -355,26 +361,22 @@ impl Store {
         // through the same stretch again (an upgraded store's mark starts at 0).
         let first = pending.by_pos.keys().next().copied().unwrap_or(log_len);
         *store.pending() = pending;
-        if first != from && version == Some(SCHEMA_VERSION) {
-            store.db.put_cf(
-                store.cf(Column::Meta),
-                META_UNCHECKPOINTED_FROM,
-                first.to_be_bytes(),
-            )?;
-        }
-        if version != Some(SCHEMA_VERSION) {
+        let upgrade = version != Some(SCHEMA_VERSION);
+        if upgrade || first != from {
             let mut b = WriteBatch::default();
-            b.put_cf(store.cf(Column::Meta), META_AHEAD, ahead.to_be_bytes());
             b.put_cf(
                 store.cf(Column::Meta),
                 META_UNCHECKPOINTED_FROM,
                 first.to_be_bytes(),
             );
-            b.put_cf(
-                store.cf(Column::Meta),
-                META_SCHEMA,
-                SCHEMA_VERSION.to_be_bytes(),
-            );
+            if upgrade {
+                b.put_cf(store.cf(Column::Meta), META_AHEAD, ahead.to_be_bytes());
+                b.put_cf(
+                    store.cf(Column::Meta),
+                    META_SCHEMA,
+                    SCHEMA_VERSION.to_be_bytes(),
+                );
+            }
             let mut wo = WriteOptions::default();
             wo.set_sync(true);
             store.db.write_opt(b, &wo)?;
@@ -805,9 +807,7 @@ impl Store {
         );
         self.db.write(b)?;
         for p in covered {
-            if let Some(h) = pending.by_pos.remove(&p) {
-                pending.pos.remove(&h);
-            }
+            pending.remove(p);
         }
         self.ahead.store(ahead, Ordering::Relaxed);
         Ok(())
