@@ -33,6 +33,7 @@ metric!(CHAIN_TIP: IntGauge = register_int_gauge!("hallmark_anchor_chain_tip_hei
 
 metric!(VALIDATION_SECONDS: Histogram = register_histogram!("hallmark_events_validation_seconds", "Time to validate an event against the certified state", vec![0.00001, 0.00003, 0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03]));
 metric!(LOOP_SECONDS: Histogram = register_histogram!("hallmark_consensus_loop_iteration_seconds", "Work of one event-loop iteration: inputs handled, votes persisted and sent, events certified (waits for inputs excluded)", vec![0.0001, 0.0003, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5]));
+metric!(VOTE_SYNC_SECONDS: Histogram = register_histogram!("hallmark_consensus_vote_sync_seconds", "Time to write and fsync one flush of this operator's own votes, which the event loop waits for before sending them", vec![0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05]));
 metric!(QUORUM_SECONDS: Histogram = register_histogram!("hallmark_consensus_quorum_seconds", "Submission to certificate, for events submitted to this operator", vec![0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0]));
 metric!(SIGNATURES: IntCounterVec = register_int_counter_vec!("hallmark_signatures_checked_total", "Signatures checked, by kind (author, operator_batch, certificate) and result (valid, invalid)", &["kind", "result"]));
 metric!(PARTICIPATION: IntCounterVec = register_int_counter_vec!("hallmark_consensus_votes_received_total", "Votes received, by operator index", &["operator"]));
@@ -62,6 +63,7 @@ pub fn register() {
     LazyLock::force(&CHAIN_TIP);
     LazyLock::force(&VALIDATION_SECONDS);
     LazyLock::force(&QUORUM_SECONDS);
+    LazyLock::force(&VOTE_SYNC_SECONDS);
     LazyLock::force(&LOOP_SECONDS);
     LazyLock::force(&SIGNATURES);
     LazyLock::force(&PARTICIPATION);

@@ -561,9 +561,11 @@ impl Engine {
                 .iter()
                 .filter_map(|k| self.slots.get(k).map(|e| (k.0, k.1, e.slot.own().clone())))
                 .collect();
+            let sync = Instant::now();
             self.cfg
                 .store
                 .put_own_votes(owned.iter().map(|(s, h, v)| (s, *h, v)))?;
+            metrics::VOTE_SYNC_SECONDS.observe(sync.elapsed().as_secs_f64());
         }
         if !self.out_votes.is_empty() {
             let votes = std::mem::take(&mut self.out_votes);
