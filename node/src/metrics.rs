@@ -42,6 +42,7 @@ metric!(SETTLEMENTS: IntCounterVec = register_int_counter_vec!("hallmark_sale_se
 metric!(SETTLE_SECONDS: Histogram = register_histogram!("hallmark_sale_settlement_seconds", "Escrow lock to settlement, as seen by this operator", vec![1.0, 5.0, 30.0, 60.0, 300.0, 1800.0, 3600.0, 86400.0]));
 metric!(ANCHOR_DELAY_SECONDS: Histogram = register_histogram!("hallmark_anchor_confirmation_delay_seconds", "Checkpoint final to its anchor seen confirmed", vec![1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 3600.0]));
 metric!(STORE_BYTES: IntGauge = register_int_gauge!("hallmark_store_size_bytes", "RocksDB SST bytes on disk"));
+metric!(CERTIFICATES_STORED: IntCounterVec = register_int_counter_vec!("hallmark_store_certificates_written_total", "Certificates written, by form (batched: by reference into stored vote batches; whole) and cause (certified; improved: replaced by a better-ranked one)", &["form", "cause"]));
 metric!(LOG_LEN: IntGauge = register_int_gauge!("hallmark_store_log_events", "Certified events in this operator's log"));
 
 /// Registers every metric so all appear from the start.
@@ -68,6 +69,7 @@ pub fn register() {
     LazyLock::force(&SIGNATURES);
     LazyLock::force(&PARTICIPATION);
     LazyLock::force(&ROUND_CHANGES);
+    LazyLock::force(&CERTIFICATES_STORED);
     LazyLock::force(&SETTLEMENTS);
     LazyLock::force(&SETTLE_SECONDS);
     LazyLock::force(&ANCHOR_DELAY_SECONDS);

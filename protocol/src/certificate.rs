@@ -151,6 +151,19 @@ impl BatchVote {
             signature: self.signature,
         })
     }
+
+    /// The batch with its tree built, its signature *not* checked: for a batch read back from
+    /// the operator's own store, where it was put after [`BatchVote::verify`] or
+    /// [`BatchVote::sign`]. Attestations it hands out are as good as the store they came from.
+    pub fn trusted(self) -> Result<VerifiedBatch, CertificateError> {
+        let tree = build_tree(&self.votes)?;
+        Ok(VerifiedBatch {
+            operator: self.operator,
+            votes: self.votes,
+            tree,
+            signature: self.signature,
+        })
+    }
 }
 
 fn build_tree(votes: &[Vote]) -> Result<Tree, CertificateError> {
@@ -170,6 +183,16 @@ impl VerifiedBatch {
     /// The votes.
     pub fn votes(&self) -> &[Vote] {
         &self.votes
+    }
+
+    /// The Merkle root of the votes (what the signature is over, with the federation).
+    pub fn root(&self) -> MerkleRoot {
+        self.tree.root()
+    }
+
+    /// The batch signature.
+    pub fn signature(&self) -> Signature {
+        self.signature
     }
 
     /// The attestation for vote `index`.

@@ -270,7 +270,10 @@ pub fn serve_rpc(store: &Store, federation: &Federation, request: &[u8]) -> Vec<
             resp.events = hashes
                 .iter()
                 .take(MAX_CATCHUP_EVENTS)
-                .filter_map(|h| store.certified(h).ok().flatten())
+                .scan(crate::store::BatchCache::default(), |cache, h| {
+                    Some(store.certified_with(h, cache).ok().flatten())
+                })
+                .flatten()
                 .collect();
         }
         Ok(Rpc::Checkpoints { from }) => {

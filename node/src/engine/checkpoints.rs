@@ -127,7 +127,7 @@ impl Engine {
         let mut missing = Vec::new();
         for e in &p.events {
             if !store.is_uncheckpointed(e) {
-                if store.certificate(e)?.is_some() {
+                if store.has_certificate(e)? {
                     warn!(number = cp.number, event = %e, "checkpoint proposal re-covers a checkpointed event");
                     return Ok(());
                 }

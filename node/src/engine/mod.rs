@@ -8,14 +8,15 @@
 //! the input queue runs dry, so batches grow with the load.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hallmark_p2p::{Command, P2pHandle, PeerId};
 use hallmark_protocol::checkpoint::CheckpointHash;
 use hallmark_protocol::consensus::{Slot, SlotConfig};
 use hallmark_protocol::{
-    encode, Attestation, BatchVote, CertifiedEvent, Event, EventHash, Federation, ItemId,
-    ItemState, Phase, SigningKey, Subject, VerifiedBatch, Vote,
+    encode, Attestation, BatchVote, Certificate, CertifiedEvent, Event, EventHash, Federation,
+    ItemId, ItemState, Phase, Signature, SigningKey, Subject, VerifiedBatch, Vote,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -61,6 +62,15 @@ const BUSY_SLOTS: usize = 4;
 
 /// How many item states the loop keeps in memory.
 const ITEM_CACHE: usize = 65_536;
+/// How many of the last vote batches (its own and received) the loop keeps, so that the
+/// certificates assembled from them are stored by reference into them (`store/certificates.rs`):
+/// some 2 s of batches at the max rate, where a slot is decided within 0.1 s. A certificate whose
+/// batch was dropped is stored whole.
+const BATCH_CACHE: usize = 1_024;
+/// How many of the certificates stored last the loop keeps: commit votes and certificates that
+/// arrive after an event is certified may improve its certificate, and reading it back from the
+/// store would rebuild it from its batches (`store/certificates.rs`).
+const CERTIFICATE_CACHE: usize = 8_192;
 
 /// How often stalled rounds and catch-up are checked.
 const TICK: Duration = Duration::from_millis(200);
@@ -240,6 +250,10 @@ pub struct Engine {
     /// last: the loop is the store's only writer, so it keeps them exact, and validating and
     /// applying an event reads its item's state several times.
     items: Fifo<ItemId, Option<ItemState>>,
+    /// The last vote batches, by signature (what an [`Attestation`] names its batch by).
+    batches: Fifo<Signature, Arc<VerifiedBatch>>,
+    /// The certificates stored last, as stored.
+    certificates: Fifo<EventHash, Certificate>,
 }
 
 impl Engine {
@@ -292,6 +306,8 @@ impl Engine {
             submitted_at: HashMap::new(),
             locked_at: HashMap::new(),
             items: Fifo::new(ITEM_CACHE),
+            batches: Fifo::new(BATCH_CACHE),
+            certificates: Fifo::new(CERTIFICATE_CACHE),
         }
         .with_unanchored_checkpoints()
     }
@@ -436,7 +452,11 @@ impl Engine {
                 events,
                 proposals,
                 batch,
-            }) => self.on_votes(events, proposals, &batch),
+            }) => {
+                let batch = Arc::<VerifiedBatch>::from(batch);
+                self.batches.insert(batch.signature(), batch.clone());
+                self.on_votes(events, proposals, &batch)
+            }
             Input::Gossip(Verified::Checkpoints(list)) => list
                 .into_iter()
                 .try_for_each(|f| self.on_final_checkpoint(f)),
@@ -573,6 +593,8 @@ impl Engine {
             let checkpoints = std::mem::take(&mut self.out_proposals);
             let batch = BatchVote::sign(&self.cfg.key, self.cfg.federation.id(), votes)
                 .expect("a non-empty batch of at most MAX_BATCH_VOTES signs");
+            let batch = Arc::new(batch);
+            self.batches.insert(batch.signature(), batch.clone());
             metrics::VOTE_BATCH_SIZE.observe(batch.votes().len() as f64);
             let msg = Gossip::Votes {
                 events,

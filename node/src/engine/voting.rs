@@ -2,6 +2,7 @@
 //! votes are gathered into certificates, and certified events are applied to the store in chain
 //! order (events that arrive ahead of their chain wait as orphans).
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use hallmark_protocol::consensus::{Action, Slot};
@@ -129,7 +130,7 @@ impl Engine {
                 let (round, signers) = &rank;
                 let improves = !signers.contains(&op) && signers.iter().any(|&s| s > op);
                 if vote.phase == Phase::Commit && vote.round == *round && improves {
-                    if let Some(stored) = self.cfg.store.certificate(&vote.event)? {
+                    if let Some(stored) = self.stored_certificate(&vote.event)? {
                         let att = batch.attestation(i).expect("index within the batch");
                         self.upgrade_certificate(&stored, vote.round, [att])?;
                     }
@@ -245,7 +246,9 @@ impl Engine {
         let fed = &self.cfg.federation;
         let rank = best.rank(fed);
         if rank < stored.rank(fed) {
-            self.cfg.store.replace_certificate(&best, rank)?;
+            let batches = self.batches_of(&best);
+            self.cfg.store.replace_certificate(&best, rank, &batches)?;
+            self.certificates.insert(best.event, best);
         }
         Ok(())
     }
@@ -262,13 +265,27 @@ impl Engine {
         certificate.merged_with(&self.cfg.federation, collected)
     }
 
+    /// The stored certificate of a certified event (of the last ones, from memory).
+    fn stored_certificate(&self, hash: &EventHash) -> Result<Option<Certificate>, StoreError> {
+        match self.certificates.get(hash) {
+            Some(c) => Ok(Some(c.clone())),
+            None => self.cfg.store.certificate(hash),
+        }
+    }
+
+    /// The vote batches of `certificate`'s attestations, where the loop still holds them.
+    fn batches_of(&self, certificate: &Certificate) -> Vec<Option<Arc<VerifiedBatch>>> {
+        let of = |a: &Attestation| self.batches.get(&a.signature).cloned();
+        certificate.attestations.iter().map(of).collect()
+    }
+
     /// A certified event (ours, gossiped, or caught up; certificate already verified).
     pub(super) fn on_certified(&mut self, ce: CertifiedEvent) -> Result<(), StoreError> {
         let hash = ce.certificate.event;
         let subject = ce.event.subject(hash);
         let height = ce.event.body.height;
         if self.is_certified(&hash, &subject, height)? {
-            if let Some(stored) = self.cfg.store.certificate(&hash)? {
+            if let Some(stored) = self.stored_certificate(&hash)? {
                 let round = ce.certificate.round;
                 self.upgrade_certificate(&stored, round, ce.certificate.attestations)?;
             }
@@ -334,7 +351,11 @@ impl Engine {
         };
         let height = ce.event.body.height;
         let rank = ce.certificate.rank(&self.cfg.federation);
-        self.cfg.store.apply(&subject, ce, &change, rank)?;
+        let batches = self.batches_of(&ce.certificate);
+        self.cfg
+            .store
+            .apply(&subject, ce, &change, rank, &batches)?;
+        self.certificates.insert(hash, ce.certificate.clone());
         if let StateChange::Item(state) = change {
             self.items.insert(state.id, Some(state));
         }

@@ -19,13 +19,17 @@ use hallmark_protocol::encoding::decode_stored;
 use hallmark_protocol::wire::LogEntry;
 use hallmark_protocol::{
     encode, Certificate, CertifiedEvent, Event, EventHash, Federation, ItemId, ItemState,
-    ManufacturerId, ManufacturerRecord, OfferId, OfferRecord, Rank, Subject,
+    ManufacturerId, ManufacturerRecord, MerkleRoot, OfferId, OfferRecord, Rank, Subject,
+    VerifiedBatch,
 };
 use rocksdb::{ColumnFamily, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::fifo::Fifo;
 use foldhash::{HashMap, HashSet};
+
+mod certificates;
+pub use certificates::BatchCache;
 
 /// Memory all memtables together may use before they are flushed to disk.
 const MEMTABLE_BUDGET: usize = 64 << 20;
@@ -37,12 +41,17 @@ const BLOCK_CACHE_BYTES: usize = 32 << 20;
 const MEMTABLE_BUCKETS: usize = 1 << 16;
 /// How many of the last certified events' certificate ranks are kept in memory.
 pub const RECENT_RANKS: usize = 65_536;
+/// How many of the vote batches written last are remembered as written (a batch forgotten and
+/// referred to again is written again: harmless).
+const RECENT_BATCHES: usize = 16_384;
 
 /// Version of the on-disk layout; a store of another version is refused. Version 3 keeps the
 /// events awaiting a checkpoint in memory (found again from the log when the store is opened)
 /// instead of in a column of their own, which every certified event wrote and every checkpoint
-/// deleted from.
-pub const SCHEMA_VERSION: u32 = 3;
+/// deleted from. Version 4 stores most certificates by reference into vote batches
+/// (`certificates.rs`); a version 3 store is read as it is (its certificates are whole), but a
+/// version 3 build would not find the certificates stored by reference.
+pub const SCHEMA_VERSION: u32 = 4;
 /// The column family of versions 1 and 2 for the events awaiting a checkpoint, dropped when such
 /// a store is opened.
 const LEGACY_UNCHECKPOINTED: &str = "uncheckpointed";
@@ -54,8 +63,12 @@ pub enum Column {
     Meta,
     /// Event hash -> certified `Event`.
     Events,
-    /// Event hash -> its `Certificate`.
+    /// Event hash -> its `Certificate`, when stored whole.
     Certificates,
+    /// Event hash -> its certificate by reference into `Batches` (`certificates.rs`).
+    CertificateRefs,
+    /// Batch root -> a signed vote batch (`BatchVote`) that stored certificates refer to.
+    Batches,
     /// (subject, height) -> event hash: the certified chains.
     Chains,
     /// Item id -> `ItemState`.
@@ -82,10 +95,12 @@ pub enum Column {
 
 impl Column {
     /// All columns.
-    pub const ALL: [Column; 14] = [
+    pub const ALL: [Column; 16] = [
         Column::Meta,
         Column::Events,
         Column::Certificates,
+        Column::CertificateRefs,
+        Column::Batches,
         Column::Chains,
         Column::Items,
         Column::Manufacturers,
@@ -105,6 +120,8 @@ impl Column {
             Column::Meta => "meta",
             Column::Events => "events",
             Column::Certificates => "certificates",
+            Column::CertificateRefs => "certificate_refs",
+            Column::Batches => "vote_batches",
             Column::Chains => "chains",
             Column::Items => "items",
             Column::Manufacturers => "manufacturers",
@@ -125,7 +142,11 @@ impl Column {
     /// of that prefix. These are never iterated across prefixes.
     fn prefix_len(self) -> Option<usize> {
         match self {
-            Column::Events | Column::Certificates | Column::Items => Some(32),
+            Column::Events
+            | Column::Certificates
+            | Column::CertificateRefs
+            | Column::Batches
+            | Column::Items => Some(32),
             // A chain is read by height or all at once from its subject's prefix.
             Column::Chains => Some(33),
             Column::Votes => Some(41),
@@ -231,7 +252,10 @@ pub struct Store {
     /// an event is certified, and with which certificate, is asked for every vote that arrives
     /// after the decision and for every entry of a peer's log at catch-up; each would otherwise
     /// be a RocksDB read and a decode.
-    ranks: Arc<Mutex<Fifo<EventHash, Rank>>>,
+    /// With each, whether its certificate is stored by reference (`certificates.rs`).
+    ranks: Arc<Mutex<Fifo<EventHash, (Rank, bool)>>>,
+    /// The roots of the vote batches written last (`certificates.rs`).
+    written: Arc<Mutex<Fifo<MerkleRoot, ()>>>,
 }
 
 /// Certified events awaiting a checkpoint, in log order.
@@ -320,6 +344,7 @@ impl Store {
             log_len: Arc::default(),
             ahead: Arc::default(),
             ranks: Arc::new(Mutex::new(Fifo::new(RECENT_RANKS))),
+            written: Arc::new(Mutex::new(Fifo::new(RECENT_BATCHES))),
         };
         let last = store
             .db
@@ -381,7 +406,7 @@ impl Store {
             wo.set_sync(true);
             store.db.write_opt(b, &wo)?;
         }
-        // Dropped only once the store says version 3 (synced above): a crash before leaves a
+        // Dropped only once the store says version 3 or later (synced above): a crash before leaves a
         // version 2 store with its column, which either build reads right.
         if legacy {
             Arc::get_mut(&mut store.db)
@@ -432,7 +457,8 @@ impl Store {
             .iterator_cf(self.cf(Column::CheckpointOf), IteratorMode::Start)
         {
             let (k, _) = kv?;
-            n += u64::from(self.get_raw(Column::Certificates, &k)?.is_none());
+            let hash = <[u8; 32]>::try_from(k.as_ref()).map(EventHash);
+            n += u64::from(!hash.map_or(Ok(false), |h| self.has_certificate(&h))?);
         }
         Ok(n)
     }
@@ -467,7 +493,7 @@ impl Store {
         self.log_len.load(Ordering::Relaxed)
     }
 
-    fn recent_ranks(&self) -> std::sync::MutexGuard<'_, Fifo<EventHash, Rank>> {
+    fn recent_ranks(&self) -> std::sync::MutexGuard<'_, Fifo<EventHash, (Rank, bool)>> {
         // A panic while the lock was held cannot leave the map half-changed (single inserts).
         self.ranks.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -484,29 +510,43 @@ impl Store {
         hash: &EventHash,
         federation: &Federation,
     ) -> Result<Option<Rank>, StoreError> {
-        if let Some(r) = self.recent_ranks().get(hash) {
+        if let Some((r, _)) = self.recent_ranks().get(hash) {
             return Ok(Some(r.clone()));
         }
-        Ok(self.certificate(hash)?.map(|c| c.rank(federation)))
+        self.stored_rank(hash, federation)
     }
 
     /// A certified event by hash.
     pub fn certified(&self, hash: &EventHash) -> Result<Option<CertifiedEvent>, StoreError> {
+        self.certified_with(hash, &mut BatchCache::default())
+    }
+
+    /// A certified event by hash, with the vote batches read for the request so far.
+    pub fn certified_with(
+        &self,
+        hash: &EventHash,
+        cache: &mut BatchCache,
+    ) -> Result<Option<CertifiedEvent>, StoreError> {
         let Some(event) = self.get::<Event>(Column::Events, &hash.0)? else {
             return Ok(None);
         };
-        let certificate: Certificate =
-            self.get(Column::Certificates, &hash.0)?
-                .ok_or(StoreError::Corrupt {
-                    column: Column::Certificates.name(),
-                    error: hallmark_protocol::DecodeError::Malformed("missing certificate".into()),
-                })?;
+        let certificate = self
+            .read_certificate(hash, cache)?
+            .ok_or(StoreError::Corrupt {
+                column: Column::Certificates.name(),
+                error: hallmark_protocol::DecodeError::Malformed("missing certificate".into()),
+            })?;
         Ok(Some(CertifiedEvent { event, certificate }))
     }
 
     /// The certificate of a certified event.
     pub fn certificate(&self, hash: &EventHash) -> Result<Option<Certificate>, StoreError> {
-        self.get(Column::Certificates, &hash.0)
+        self.read_certificate(hash, &mut BatchCache::default())
+    }
+
+    fn written_batches(&self) -> std::sync::MutexGuard<'_, Fifo<MerkleRoot, ()>> {
+        // A panic while the lock was held cannot leave the map half-changed (single inserts).
+        self.written.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The certified event at (subject, height).
@@ -593,7 +633,8 @@ impl Store {
     /// Log entries `[from, from + limit)`.
     pub fn log_range(&self, from: u64, limit: usize) -> Result<Vec<CertifiedEvent>, StoreError> {
         let hashes = self.log_hashes(from, limit)?;
-        let found = hashes.iter().map(|h| self.certified(h));
+        let mut cache = BatchCache::default();
+        let found = hashes.iter().map(|h| self.certified_with(h, &mut cache));
         found.filter_map(Result::transpose).collect()
     }
 
@@ -637,25 +678,25 @@ impl Store {
         Ok(())
     }
 
-    /// Applies a certified event: the event, its certificate (of rank `rank`), the chain index,
-    /// the new state and a log entry, in one atomic batch. Returns the event's log position.
-    /// Only the event loop writes, so the log length and the ranks kept in memory follow.
+    /// Applies a certified event: the event, its certificate (of rank `rank`; by reference into
+    /// `batches`, the vote batches of its attestations where the caller holds them, see
+    /// `certificates.rs`), the chain index, the new state and a log entry, in one atomic batch.
+    /// Returns the event's log position. Only the event loop writes, so the log length and the
+    /// ranks kept in memory follow.
     pub fn apply(
         &self,
         subject: &Subject,
         ce: &CertifiedEvent,
         change: &StateChange,
         rank: Rank,
+        batches: &[Option<Arc<VerifiedBatch>>],
     ) -> Result<u64, StoreError> {
         let hash = ce.certificate.event;
         let pos = self.log_len();
         let mut b = WriteBatch::default();
         b.put_cf(self.cf(Column::Events), hash.0, encode(&ce.event));
-        b.put_cf(
-            self.cf(Column::Certificates),
-            hash.0,
-            encode(&ce.certificate),
-        );
+        let (batched, written) =
+            self.stage_certificate(&mut b, &ce.certificate, &rank, batches, false);
         b.put_cf(
             self.cf(Column::Chains),
             slot_key(subject, ce.event.body.height),
@@ -675,23 +716,31 @@ impl Store {
             b.put_cf(self.cf(Column::Meta), META_AHEAD, (ahead - 1).to_be_bytes());
         }
         self.db.write(b)?;
+        self.mark_written(written);
         self.log_len.store(pos + 1, Ordering::Relaxed);
         if pending {
             self.pending().insert(pos, hash);
         } else {
             self.ahead.store(ahead - 1, Ordering::Relaxed);
         }
-        self.recent_ranks().insert(hash, rank);
+        self.recent_ranks().insert(hash, (rank, batched));
         Ok(pos)
     }
 
     /// Replaces the certificate of a certified event (by a canonical one with the same event,
-    /// of rank `rank`).
-    pub fn replace_certificate(&self, cert: &Certificate, rank: Rank) -> Result<(), StoreError> {
-        self.db
-            .put_cf(self.cf(Column::Certificates), cert.event.0, encode(cert))?;
+    /// of rank `rank`; by reference into `batches` where possible, as in [`Store::apply`]).
+    pub fn replace_certificate(
+        &self,
+        cert: &Certificate,
+        rank: Rank,
+        batches: &[Option<Arc<VerifiedBatch>>],
+    ) -> Result<(), StoreError> {
+        let mut b = WriteBatch::default();
+        let (batched, written) = self.stage_certificate(&mut b, cert, &rank, batches, true);
+        self.db.write(b)?;
+        self.mark_written(written);
         if let Some(r) = self.recent_ranks().get_mut(&cert.event) {
-            *r = rank;
+            *r = (rank, batched);
         }
         Ok(())
     }
@@ -897,6 +946,7 @@ mod tests {
             &ce,
             &StateChange::Manufacturer(rec),
             rank,
+            &[],
         )
         .unwrap();
         hash
@@ -938,7 +988,8 @@ mod tests {
                     &subject,
                     &ce,
                     &StateChange::Manufacturer(rec.clone()),
-                    ce.certificate.rank(&f)
+                    ce.certificate.rank(&f),
+                    &[],
                 )
                 .unwrap(),
                 0
@@ -979,6 +1030,7 @@ mod tests {
                 ce,
                 &StateChange::Manufacturer(rec),
                 ce.certificate.rank(&f),
+                &[],
             )
             .unwrap();
             assert!(s.recently_certified(&hash));
