@@ -324,7 +324,7 @@ mod tests {
         }
         assert_eq!(
             s.log_range(0, 10).unwrap(),
-            vec![a.clone(), b.clone()],
+            vec![a, b],
             "a log range rebuilds them too"
         );
     }
