@@ -10,6 +10,9 @@
 //! loop does not hold (gossiped, caught up, or from a batch it no longer keeps) is stored whole
 //! in [`Column::Certificates`].
 //!
+//! A batch is stored under its root and its signer's operator index: operators that vote alike
+//! sign batches with the same votes, hence the same root (a batch of one commit vote, say).
+//!
 //! A batch is written in the same write batch as the first certificate that refers to it, and
 //! the WAL keeps writes in order, so a certificate that survives a crash finds its batches.
 
@@ -47,7 +50,17 @@ impl BatchedCertificate {
 /// The vote batches read for one request, each decoded and its tree built once (the events of
 /// a log range share their batches).
 #[derive(Default)]
-pub struct BatchCache(HashMap<MerkleRoot, VerifiedBatch>);
+pub struct BatchCache(HashMap<BatchKey, VerifiedBatch>);
+
+/// Where a batch is stored: its root, then its signer's operator index.
+pub(super) type BatchKey = [u8; 36];
+
+fn batch_key(root: &MerkleRoot, signer: u32) -> BatchKey {
+    let mut k = [0u8; 36];
+    k[..32].copy_from_slice(&root.0);
+    k[32..].copy_from_slice(&signer.to_be_bytes());
+    k
+}
 
 fn corrupt(column: Column, why: &str) -> StoreError {
     StoreError::Corrupt {
@@ -61,7 +74,7 @@ impl Store {
     /// attestations) holds the batch of each, with the batches not written yet; else whole.
     /// `replacing`: an earlier certificate of the event is stored, and deleted if of the other
     /// form (or of a form not remembered). Returns whether it is stored by reference, and the
-    /// roots of the batches added, to be marked written once `b` is.
+    /// keys of the batches added, to be marked written once `b` is.
     pub(super) fn stage_certificate(
         &self,
         b: &mut WriteBatch,
@@ -69,7 +82,7 @@ impl Store {
         rank: &Rank,
         batches: &[Option<Arc<VerifiedBatch>>],
         replacing: bool,
-    ) -> (bool, Vec<MerkleRoot>) {
+    ) -> (bool, Vec<BatchKey>) {
         let key = cert.event.0;
         // The form of the certificate replaced, if remembered: only the other one is deleted.
         let before = replacing
@@ -114,15 +127,11 @@ impl Store {
         let mut added = Vec::new();
         {
             let written = self.written_batches();
-            for batch in batches.iter().flatten() {
-                let root = batch.root();
-                if !written.contains_key(&root) && !added.contains(&root) {
-                    b.put_cf(
-                        self.cf(Column::Batches),
-                        root.0,
-                        encode(&batch.to_batch_vote()),
-                    );
-                    added.push(root);
+            for (batch, (signer, root, _)) in batches.iter().flatten().zip(&attestations) {
+                let k = batch_key(root, *signer);
+                if !written.contains_key(&k) && !added.contains(&k) {
+                    b.put_cf(self.cf(Column::Batches), k, encode(&batch.to_batch_vote()));
+                    added.push(k);
                 }
             }
         }
@@ -138,10 +147,10 @@ impl Store {
     }
 
     /// Marks batches as written (after the write that added them succeeded).
-    pub(super) fn mark_written(&self, roots: Vec<MerkleRoot>) {
+    pub(super) fn mark_written(&self, keys: Vec<BatchKey>) {
         let mut written = self.written_batches();
-        for r in roots {
-            written.insert(r, ());
+        for k in keys {
+            written.insert(k, ());
         }
     }
 
@@ -155,14 +164,14 @@ impl Store {
             return self.get(Column::Certificates, &hash.0);
         };
         let mut attestations = Vec::with_capacity(stored.attestations.len());
-        for (_, root, index) in stored.attestations {
-            let batch = match cache.0.entry(root) {
+        for (signer, root, index) in stored.attestations {
+            let k = batch_key(&root, signer);
+            let batch = match cache.0.entry(k) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::hash_map::Entry::Vacant(e) => {
-                    let batch: BatchVote =
-                        self.get(Column::Batches, &root.0)?.ok_or_else(|| {
-                            corrupt(Column::Batches, "a certificate's batch is missing")
-                        })?;
+                    let batch: BatchVote = self.get(Column::Batches, &k)?.ok_or_else(|| {
+                        corrupt(Column::Batches, "a certificate's batch is missing")
+                    })?;
                     let batch = batch
                         .trusted()
                         .map_err(|e| corrupt(Column::Batches, &e.to_string()))?;
@@ -352,10 +361,24 @@ mod tests {
             apply(&s, &f, &ce, &batches);
             certified.push(ce);
         }
-        let stored =
-            s.db.iterator_cf(s.cf(Column::Batches), rocksdb::IteratorMode::Start)
-                .count();
-        assert_eq!(stored, 3);
+        // Each operator's batch is stored, under its own key although all three have one root.
+        let root = batches[0].as_ref().unwrap().root();
+        for op in 0..3 {
+            let stored: BatchVote = s
+                .get(Column::Batches, &batch_key(&root, op))
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                stored.operator,
+                batches[op as usize].as_ref().unwrap().operator()
+            );
+        }
+        // Writing a certificate from them again adds no batch: only the reference.
+        let mut b = WriteBatch::default();
+        let cert = &certified[1].certificate;
+        let (batched, added) = s.stage_certificate(&mut b, cert, &cert.rank(&f), &batches, true);
+        assert!(batched && added.is_empty());
+        assert_eq!(b.len(), 1);
         for ce in &certified {
             assert_eq!(
                 s.certified(&ce.certificate.event).unwrap().as_ref(),

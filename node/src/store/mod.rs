@@ -19,8 +19,7 @@ use hallmark_protocol::encoding::decode_stored;
 use hallmark_protocol::wire::LogEntry;
 use hallmark_protocol::{
     encode, Certificate, CertifiedEvent, Event, EventHash, Federation, ItemId, ItemState,
-    ManufacturerId, ManufacturerRecord, MerkleRoot, OfferId, OfferRecord, Rank, Subject,
-    VerifiedBatch,
+    ManufacturerId, ManufacturerRecord, OfferId, OfferRecord, Rank, Subject, VerifiedBatch,
 };
 use rocksdb::{ColumnFamily, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 use serde::{de::DeserializeOwned, Serialize};
@@ -67,7 +66,8 @@ pub enum Column {
     Certificates,
     /// Event hash -> its certificate by reference into `Batches` (`certificates.rs`).
     CertificateRefs,
-    /// Batch root -> a signed vote batch (`BatchVote`) that stored certificates refer to.
+    /// (batch root, signer's operator index) -> a signed vote batch (`BatchVote`) that stored
+    /// certificates refer to.
     Batches,
     /// (subject, height) -> event hash: the certified chains.
     Chains,
@@ -255,7 +255,7 @@ pub struct Store {
     /// With each, whether its certificate is stored by reference (`certificates.rs`).
     ranks: Arc<Mutex<Fifo<EventHash, (Rank, bool)>>>,
     /// The roots of the vote batches written last (`certificates.rs`).
-    written: Arc<Mutex<Fifo<MerkleRoot, ()>>>,
+    written: Arc<Mutex<Fifo<certificates::BatchKey, ()>>>,
 }
 
 /// Certified events awaiting a checkpoint, in log order.
@@ -544,7 +544,7 @@ impl Store {
         self.read_certificate(hash, &mut BatchCache::default())
     }
 
-    fn written_batches(&self) -> std::sync::MutexGuard<'_, Fifo<MerkleRoot, ()>> {
+    fn written_batches(&self) -> std::sync::MutexGuard<'_, Fifo<certificates::BatchKey, ()>> {
         // A panic while the lock was held cannot leave the map half-changed (single inserts).
         self.written.lock().unwrap_or_else(|e| e.into_inner())
     }
