@@ -267,13 +267,11 @@ pub fn serve_rpc(store: &Store, federation: &Federation, request: &[u8]) -> Vec<
                 .collect();
         }
         Ok(Rpc::Events { hashes }) => {
+            let mut cache = crate::store::BatchCache::default();
             resp.events = hashes
                 .iter()
                 .take(MAX_CATCHUP_EVENTS)
-                .scan(crate::store::BatchCache::default(), |cache, h| {
-                    Some(store.certified_with(h, cache).ok().flatten())
-                })
-                .flatten()
+                .filter_map(|h| store.certified_with(h, &mut cache).ok().flatten())
                 .collect();
         }
         Ok(Rpc::Checkpoints { from }) => {

@@ -51,7 +51,7 @@ pub fn verify_gossip(
             Ok(Verified::Votes {
                 events,
                 proposals: checkpoints,
-                batch: Box::new(batch),
+                batch: std::sync::Arc::new(batch),
             })
         }
         Gossip::Certified(list) => {

@@ -117,7 +117,7 @@ pub enum Verified {
         /// Checkpoint proposals (validated by the event loop).
         proposals: Vec<Proposal>,
         /// The batch.
-        batch: Box<VerifiedBatch>,
+        batch: Arc<VerifiedBatch>,
     },
     /// Certified events (certificates checked).
     Certified(Vec<CertifiedEvent>),
@@ -453,7 +453,6 @@ impl Engine {
                 proposals,
                 batch,
             }) => {
-                let batch = Arc::<VerifiedBatch>::from(batch);
                 self.batches.insert(batch.signature(), batch.clone());
                 self.on_votes(events, proposals, &batch)
             }
