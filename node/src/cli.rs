@@ -164,7 +164,8 @@ enum Command {
         bitcoin: crate::proofs::BitcoinOpts,
     },
     /// Load benchmark: a local federation of operator processes driven by concurrent clients;
-    /// prints certified events/s, latency percentiles, CPU/RSS per operator, bytes per event.
+    /// prints certified events/s, latency percentiles, CPU/RSS per operator, bytes per event,
+    /// and the host's speed (one secp256k1 verify) before and during the run.
     Bench(crate::bench::BenchOpts),
     /// Runs the protocol end to end in one process: a 3-of-4 federation certifies a
     /// manufacturer, a mint and a transfer; a client verifies the item's history, and a

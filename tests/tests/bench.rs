@@ -183,6 +183,23 @@ fn a_short_run_certifies_what_it_submits_in_both_client_modes() -> Result<()> {
             "{flags:?}: items signed live: {r}"
         );
         ensure!(stdout.contains("certified events/s"), "{stdout}");
+        // The host's speed is probed once a second during the measured time.
+        let speed = &r["host_speed_during_run"];
+        ensure!(speed["probes"].as_u64().unwrap_or(0) >= 1, "{r}");
+        let (min, median, max) = (
+            speed["verify_us_min"].as_f64().unwrap_or(0.0),
+            speed["verify_us_median"].as_f64().unwrap_or(0.0),
+            speed["verify_us_max"].as_f64().unwrap_or(0.0),
+        );
+        ensure!(0.0 < min && min <= median && median <= max, "{r}");
+        // The change against the verify timed before the run is what it says.
+        let before = r["secp256k1_verify_us"].as_f64().unwrap_or(0.0);
+        let slowdown = speed["slowdown_percent"].as_f64().unwrap_or(f64::NAN);
+        ensure!(
+            before > 0.0 && (slowdown - (median / before - 1.0) * 100.0).abs() < 1e-6,
+            "{r}"
+        );
+        ensure!(stdout.contains("host speed during the run"), "{stdout}");
     }
     Ok(())
 }
