@@ -174,12 +174,22 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-/// Time of one secp256k1 ECDSA verification, in seconds (median of runs of 2000).
-fn verify_cost() -> f64 {
+/// A fresh key's public key, a digest and the key's signature of it: what the speed
+/// measurements verify.
+fn signed_digest() -> (
+    hallmark_protocol::PublicKey,
+    [u8; 32],
+    hallmark_protocol::Signature,
+) {
     let k = keyfile::generate();
     let d = [7u8; 32];
     let sig = k.sign(&d);
-    let pk = k.public_key();
+    (k.public_key(), d, sig)
+}
+
+/// Time of one secp256k1 ECDSA verification, in seconds (median of runs of 2000).
+fn verify_cost() -> f64 {
+    let (pk, d, sig) = signed_digest();
     let mut runs: Vec<f64> = (0..5)
         .map(|_| {
             let t = Instant::now();
@@ -193,7 +203,7 @@ fn verify_cost() -> f64 {
     runs[2]
 }
 
-/// Verifies per probe of the host's speed during the run: some 7 ms of one core each second.
+/// Verifies per probe of the host's speed during the run: 7-10 ms of one core each second.
 const PROBE_VERIFIES: u32 = 200;
 /// A difference between the host's speed before and during the run above which the run says
 /// so: on the development machine two runs of one build differ by some 10 % when it holds.
@@ -226,10 +236,7 @@ fn spawn_speed_probe(
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<Vec<f64>> {
     std::thread::spawn(move || {
-        let k = keyfile::generate();
-        let d = [9u8; 32];
-        let sig = k.sign(&d);
-        let pk = k.public_key();
+        let (pk, d, sig) = signed_digest();
         let (mut probes, mut last) = (Vec::new(), None::<Instant>);
         while !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(100));
@@ -576,13 +583,13 @@ async fn drive(
         results["bytes_on_disk_per_event"].as_f64().unwrap_or(0.0)
     );
     println!("secp256k1 verify: {:.1} us -> signature bound {} cores / ({} operators x verify) = {bound:.0} ev/s; reached {:.0}%", verify * 1e6, cores, o.operators, certified / bound * 100.0);
-    if !probes.is_empty() {
+    if let (Some(min), Some(max)) = (probes.first(), probes.last()) {
         println!(
             "host speed during the run (one verify, CPU time, {} probes): median {:.1} us, {:.1}-{:.1} us; {drift:+.0}% against before the run; {:.1}% of the signature bound at that speed{}",
             probes.len(),
             during * 1e6,
-            probes[0] * 1e6,
-            probes[probes.len() - 1] * 1e6,
+            min * 1e6,
+            max * 1e6,
             reached_during * 100.0,
             if drift.abs() > HOST_DRIFT_WARN_PERCENT {
                 ": the host's speed moved, compare builds only in alternating runs"

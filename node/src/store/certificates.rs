@@ -127,6 +127,7 @@ impl Store {
         let mut added = Vec::new();
         {
             let written = self.written_batches();
+            // (`refs` needs every attestation's batch, so none is skipped and the two align.)
             for (batch, (signer, root, _)) in batches.iter().flatten().zip(&attestations) {
                 let k = batch_key(root, *signer);
                 if !written.contains_key(&k) && !added.contains(&k) {
