@@ -17,7 +17,7 @@ use hallmark_protocol::{Event, EventHash, EventKind, ItemId, ManufacturerId};
 use serde_json::json;
 use tokio::sync::Mutex;
 
-use crate::client::{Author, Client};
+use crate::client::{Author, Client, Conn};
 use crate::config::{FederationFile, PaymentMode};
 use crate::devnet::{self, InitOptions, Ports};
 use crate::keyfile;
@@ -69,12 +69,14 @@ pub struct BenchOpts {
 const PRESIGN_RATE: f64 = 6_000.0;
 /// The most events/s one client offers: it waits for each certificate, which takes over 4 ms.
 const PER_CLIENT_MAX_RATE: f64 = 250.0;
+/// How long a submission waits for its certificate.
+const SUBMIT_WAIT: Duration = Duration::from_secs(10);
 /// Seconds of load before the measured time.
 const WARM_UP_SECS: u64 = 3;
 /// Longest run whose events are all signed before it starts: an operator refuses events
 /// timestamped more than `timestamp_window_secs` (600 by default) from its clock.
 const PRESIGN_MAX_SECS: u64 = 300;
-/// Most events signed before a run (about 0.8 kB of memory each): longer or faster runs sign
+/// Most events signed before a run (about 1.1 kB of memory each): longer or faster runs sign
 /// the rest as they go, and say how many items they signed so.
 const PRESIGN_MAX_EVENTS: usize = 600_000;
 
@@ -88,6 +90,24 @@ impl Drop for CancelOnDrop {
     }
 }
 
+/// An event ready to submit: its hash and its binary form computed when it is signed, not on
+/// the cores the operators use during the run.
+struct Prepared {
+    event: Event,
+    hash: EventHash,
+    encoded: bytes::Bytes,
+}
+
+impl Prepared {
+    fn new(event: Event) -> Self {
+        Self {
+            hash: event.hash(),
+            encoded: hallmark_protocol::encode(&event).into(),
+            event,
+        }
+    }
+}
+
 /// The events of one benchmark item: its mint by `maker`, then `transfers` transfers between
 /// `owners`, each after the one before (the hashes are known before anything is certified).
 fn item_events(
@@ -95,9 +115,9 @@ fn item_events(
     owners: &[Author; 2],
     serial: String,
     transfers: usize,
-) -> Vec<Event> {
+) -> Vec<Prepared> {
     let item = ItemId::new(&ManufacturerId::of(&maker.key.public_key()), &serial);
-    let mut events = vec![maker.event(
+    let mut events = vec![Prepared::new(maker.event(
         0,
         EventHash::ZERO,
         EventKind::Mint {
@@ -105,18 +125,18 @@ fn item_events(
             product: "P".into(),
             owner: owners[0].key.public_key(),
         },
-    )];
+    ))];
     for t in 1..=transfers {
-        let prev = events[t - 1].hash();
+        let prev = events[t - 1].hash;
         let (from, to) = (&owners[(t - 1) % 2], &owners[t % 2]);
-        events.push(from.event(
+        events.push(Prepared::new(from.event(
             t as u64,
             prev,
             EventKind::Transfer {
                 item,
                 to: to.key.public_key(),
             },
-        ));
+        )));
     }
     events
 }
@@ -375,7 +395,7 @@ async fn drive(
         let cancelled = cancel.0.clone();
         signers.push(tokio::task::spawn_blocking(move || {
             let owners = [(); 2].map(|_| Author::new(fed, keyfile::generate()));
-            let items: std::collections::VecDeque<Vec<Event>> = (0..per_client)
+            let items: std::collections::VecDeque<Vec<Prepared>> = (0..per_client)
                 .map_while(|k| {
                     (!cancelled.load(Ordering::Relaxed))
                         .then(|| item_events(&maker, &owners, format!("W{w}-{k}"), transfers))
@@ -418,6 +438,13 @@ async fn drive(
         );
         let transfers = o.transfers;
         let clients = o.clients as u32;
+        // In the binary form (the default) each client has a connection of its own, driven by
+        // its task; JSON goes through the shared reqwest client.
+        let mut conn = if o.json {
+            None
+        } else {
+            Some(Conn::connect(client.base(), SUBMIT_WAIT).await?)
+        };
         tasks.push(tokio::spawn(async move {
             let mut k = items.len();
             let mut next_at = start + interval.map_or(Duration::ZERO, |iv| iv * w as u32 / clients);
@@ -442,13 +469,13 @@ async fn drive(
                         next_at += iv;
                     }
                     let started = Instant::now();
-                    match client
-                        .submit(ev, Duration::from_secs(10))
-                        .await
-                        .map(|o| o.certified())
-                    {
+                    let outcome = match &mut conn {
+                        Some(conn) => conn.submit(ev.encoded.clone()).await,
+                        None => client.submit(&ev.event, SUBMIT_WAIT).await,
+                    };
+                    match outcome.map(|o| o.certified()) {
                         // Certified, and the event certified is this one.
-                        Ok(Ok(ce)) if ce.certificate.event == ev.hash() => {
+                        Ok(Ok(ce)) if ce.certificate.event == ev.hash => {
                             if measuring.load(Ordering::Relaxed) {
                                 latencies.lock().await.push(started.elapsed().as_secs_f64());
                             }
