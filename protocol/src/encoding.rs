@@ -10,8 +10,39 @@ pub const MAX_DECODE_LEN: usize = 4 * 1024 * 1024;
 /// The canonical bytes of a value.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     // Serializing our own types into a Vec cannot fail: no maps with non-string keys, no
-    // unbounded sequences of unknown length.
-    postcard::to_allocvec(value).expect("postcard serialization of protocol types is infallible")
+    // unbounded sequences of unknown length. Sized first, then written into one allocation of
+    // that size: growing the Vec from empty reallocated and copied it some eight times for a
+    // message of a few kB.
+    let len = postcard::serialize_with_flavor(value, postcard::ser_flavors::Size::default())
+        .expect("postcard serialization of protocol types is infallible");
+    postcard::to_extend(value, Vec::with_capacity(len))
+        .expect("postcard serialization of protocol types is infallible")
+}
+
+/// Whether `bytes` are exactly the canonical bytes of `value`: serializes `value` against them,
+/// stopping at the first difference, without writing the encoding anywhere.
+fn encodes_to<T: Serialize>(value: &T, bytes: &[u8]) -> bool {
+    struct Matches<'a>(&'a [u8]);
+    impl postcard::ser_flavors::Flavor for Matches<'_> {
+        type Output = bool;
+        fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+            self.try_extend(&[byte])
+        }
+        fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+            match self.0.strip_prefix(data) {
+                Some(rest) => {
+                    self.0 = rest;
+                    Ok(())
+                }
+                // (Any error ends the serialization; which one does not matter here.)
+                None => Err(postcard::Error::SerializeBufferFull),
+            }
+        }
+        fn finalize(self) -> postcard::Result<bool> {
+            Ok(self.0.is_empty())
+        }
+    }
+    postcard::serialize_with_flavor(value, Matches(bytes)).unwrap_or(false)
 }
 
 /// Decodes canonical bytes; anything that does not re-encode to exactly `bytes` is rejected.
@@ -23,7 +54,7 @@ pub fn decode<T: Serialize + DeserializeOwned>(bytes: &[u8]) -> Result<T, Decode
         });
     }
     let value: T = decode_stored(bytes)?;
-    if encode(&value) != bytes {
+    if !encodes_to(&value, bytes) {
         return Err(DecodeError::NonCanonical);
     }
     Ok(value)
@@ -82,6 +113,29 @@ mod tests {
         // 5 encoded as a two-byte varint (0x85 0x00) instead of 0x05.
         let overlong = [0x85u8, 0x00, 0x05];
         assert!(decode::<(u64, u8)>(&overlong).is_err());
+    }
+
+    #[test]
+    fn the_canonical_check_is_byte_equality_with_the_encoding() {
+        let value = (300u64, vec![1u8, 2, 3], String::from("x"), [7u8; 32]);
+        let bytes = encode(&value);
+        assert_eq!(bytes, postcard::to_allocvec(&value).unwrap());
+        assert_eq!(bytes.capacity(), bytes.len());
+        assert!(encodes_to(&value, &bytes));
+        assert!(!encodes_to(&value, &bytes[..bytes.len() - 1]));
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(!encodes_to(&value, &longer));
+        for i in 0..bytes.len() {
+            let mut changed = bytes.clone();
+            changed[i] ^= 1;
+            assert!(!encodes_to(&value, &changed), "byte {i} changed");
+        }
+        // 5 as the overlong varint 0x85 0x00: decodes, but is not canonical.
+        assert_eq!(
+            decode::<(u64, u8)>(&[0x85, 0x00, 0x05]),
+            Err(DecodeError::NonCanonical)
+        );
     }
 
     #[test]
