@@ -237,7 +237,7 @@ impl Attestation {
             .map_err(|e| CertificateError::BadPath(self.operator, e))?;
         // The batch's size is not signed: only the canonical path is accepted, so nobody can
         // re-encode a valid certificate (`Certificate::assemble` writes canonical paths).
-        let canonical = self.path.canonical().total;
+        let canonical = self.path.canonical_total();
         if canonical != self.path.total {
             let e = MerkleError::NotCanonical {
                 index: self.path.index,

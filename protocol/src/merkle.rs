@@ -100,23 +100,43 @@ impl InclusionProof {
     /// can share a path — leaf 2 of 5 leaves and of 7 — and this form makes such proofs
     /// byte-identical. Proofs without a valid shape are returned unchanged.
     pub fn canonical(&self) -> InclusionProof {
-        let Some(shape) = path_shape(self.index, self.total) else {
-            return self.clone();
-        };
-        // Trees with the same number of levels: (2^(L-1), 2^L], and at least index + 1 leaves.
-        let levels = shape.len() as u32;
-        let low = if levels == 0 {
+        InclusionProof {
+            total: self.canonical_total(),
+            ..self.clone()
+        }
+    }
+
+    /// The tree size of [`InclusionProof::canonical`], computed without building any path: the
+    /// sizes with this proof's path are an interval, and this is its lower end.
+    pub fn canonical_total(&self) -> u32 {
+        let (index, total) = (self.index, self.total);
+        if total == 0 || index >= total || total > MAX_LEAVES {
+            return total;
+        }
+        // Trees with as many levels as this one: (2^(L-1), 2^L] leaves, and at least index + 1.
+        // At level l (index i = index >> l, count = ceil(t / 2^l) nodes) a right sibling
+        // (`Step::Right`, i even) needs count >= i + 2, i.e. t > (i + 1) * 2^l; a promotion
+        // (i even, no right sibling) needs t <= (i + 1) * 2^l, which `total` already meets and
+        // so does every smaller size; a left sibling (i odd) holds for any size. So the smallest
+        // size with this path is the largest of these lower bounds.
+        let levels = u32::BITS - (total - 1).leading_zeros();
+        let mut least = if levels == 0 {
             1
         } else {
             (1u32 << (levels - 1)) + 1
-        };
-        let total = (low.max(self.index + 1)..self.total)
-            .find(|t| path_shape(self.index, *t).as_ref() == Some(&shape))
-            .unwrap_or(self.total);
-        InclusionProof {
-            total,
-            ..self.clone()
         }
+        .max(index + 1);
+        let (mut i, mut count) = (index, total);
+        let mut level = 0;
+        while count > 1 {
+            if i % 2 == 0 && i + 1 < count {
+                least = least.max(((i + 1) << level) + 1);
+            }
+            i /= 2;
+            count = count.div_ceil(2);
+            level += 1;
+        }
+        least
     }
 
     /// Whether `leaf` is included under `root`.
@@ -267,6 +287,7 @@ mod tests {
                     "{i} of {n}"
                 );
                 assert_eq!(c.canonical(), c, "canonical is a fixed point");
+                assert_eq!(p.canonical_total(), smallest_size_with_the_path(i, n));
                 // Every size with the same path has the same canonical form.
                 for t in i + 1..=n {
                     let q = InclusionProof {
@@ -279,6 +300,48 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The definition of the canonical size, by search: the smallest tree size at which leaf
+    /// `index` has the path it has in a tree of `total`.
+    fn smallest_size_with_the_path(index: u32, total: u32) -> u32 {
+        let shape = path_shape(index, total);
+        (1..=total)
+            .find(|t| path_shape(index, *t) == shape)
+            .unwrap()
+    }
+
+    #[test]
+    fn canonical_sizes_match_the_search_up_to_300_leaves_and_near_powers_of_two() {
+        let mut sizes: Vec<u32> = (1..=300).collect();
+        for k in 9..=20 {
+            sizes.extend([(1 << k) - 1, 1 << k, (1 << k) + 1]);
+        }
+        for n in sizes {
+            let indices: Vec<u32> = if n <= 300 {
+                (0..n).collect()
+            } else {
+                vec![0, 1, n / 3, n / 2, n - 2, n - 1]
+            };
+            for i in indices {
+                let p = InclusionProof {
+                    index: i,
+                    total: n,
+                    siblings: Vec::new(),
+                };
+                assert_eq!(
+                    p.canonical_total(),
+                    smallest_size_with_the_path(i, n),
+                    "{i} of {n}"
+                );
+            }
+        }
+        let bad = InclusionProof {
+            index: 3,
+            total: 3,
+            siblings: Vec::new(),
+        };
+        assert_eq!(bad.canonical_total(), 3, "invalid proofs keep their size");
     }
 
     fn leaves(n: u32) -> Vec<[u8; 32]> {
