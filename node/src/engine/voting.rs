@@ -219,7 +219,8 @@ impl Engine {
         if round > 0 && self.waiters.contains_key(&event) {
             self.out_certs.push(ce.clone());
         }
-        self.on_certified(ce)
+        // (Assembled from every commit vote collected for it: nothing to merge in.)
+        self.certified(ce, false)
     }
 
     /// After more commit votes or another certificate arrive for a certified event, keep the
@@ -281,6 +282,13 @@ impl Engine {
 
     /// A certified event (ours, gossiped, or caught up; certificate already verified).
     pub(super) fn on_certified(&mut self, ce: CertifiedEvent) -> Result<(), StoreError> {
+        self.certified(ce, true)
+    }
+
+    /// [`Engine::on_certified`]; `merge`: whether the commit votes this operator collected may
+    /// be missing from the certificate (one from a peer), so that they are merged in before it
+    /// is stored.
+    fn certified(&mut self, ce: CertifiedEvent, merge: bool) -> Result<(), StoreError> {
         let hash = ce.certificate.event;
         let subject = ce.event.subject(hash);
         let height = ce.event.body.height;
@@ -305,11 +313,11 @@ impl Engine {
             self.fetch_chain(subject, next);
             return Ok(());
         }
-        self.apply(subject, &ce)?;
+        self.apply(subject, ce, merge)?;
         // Later events of this chain that arrived early.
         let mut h = height + 1;
         while let Some(next) = self.orphans.remove(&(subject, h)) {
-            self.apply(subject, &next)?;
+            self.apply(subject, next, true)?;
             h += 1;
         }
         Ok(())
@@ -318,13 +326,14 @@ impl Engine {
     pub(super) fn apply(
         &mut self,
         subject: Subject,
-        ce: &CertifiedEvent,
+        mut ce: CertifiedEvent,
+        merge: bool,
     ) -> Result<(), StoreError> {
         let hash = ce.certificate.event;
-        let ce = &CertifiedEvent {
-            event: ce.event.clone(),
-            certificate: self.with_collected_votes(&ce.certificate),
-        };
+        if merge {
+            ce.certificate = self.with_collected_votes(&ce.certificate);
+        }
+        let ce = &ce;
         let change = match &ce.event.body.kind {
             EventKind::RegisterManufacturer { .. } => {
                 ManufacturerRecord::from_event(&ce.event, hash).map(StateChange::Manufacturer)
