@@ -109,6 +109,8 @@ pub struct Conn {
     host: hyper::header::HeaderValue,
     base: String,
     wait: Duration,
+    /// The connection ended or failed: the next submission connects again.
+    broken: bool,
 }
 
 impl Conn {
@@ -140,6 +142,7 @@ impl Conn {
             host: hyper::header::HeaderValue::from_str(authority.as_str())?,
             base: base.to_string(),
             wait,
+            broken: false,
         })
     }
 
@@ -149,7 +152,7 @@ impl Conn {
     pub async fn submit(&mut self, encoded: bytes::Bytes) -> Result<SubmitOutcome> {
         use http_body_util::BodyExt;
         use hyper::header;
-        if self.send.is_closed() {
+        if self.broken || self.send.is_closed() {
             *self = Self::connect(&self.base, self.wait).await?;
         }
         let req = hyper::Request::post(self.path.clone())
@@ -157,7 +160,9 @@ impl Conn {
             .header(header::CONTENT_TYPE, crate::api::BINARY)
             .header(header::ACCEPT, crate::api::BINARY)
             .body(http_body_util::Full::new(encoded))?;
-        let Self { send, conn, .. } = self;
+        let Self {
+            send, conn, broken, ..
+        } = self;
         let exchange = async {
             let resp = send.send_request(req).await?;
             let status = resp.status().as_u16();
@@ -169,11 +174,15 @@ impl Conn {
             Ok::<_, hyper::Error>((status, binary_reply, body))
         };
         // The connection makes progress only while it is polled: here, with the exchange.
-        let (status, binary_reply, body) = tokio::select! {
+        let exchanged = tokio::select! {
             biased;
-            r = exchange => r.context("submitting")?,
-            r = conn.as_mut() => bail!("connection closed: {r:?}"),
+            r = exchange => r.context("submitting"),
+            r = conn.as_mut() => match r {
+                Ok(()) => Err(anyhow::anyhow!("the operator closed the connection")),
+                Err(e) => Err(anyhow::Error::new(e).context("the connection failed")),
+            },
         };
+        let (status, binary_reply, body) = exchanged.inspect_err(|_| *broken = true)?;
         submit_outcome(status, binary_reply, &body)
     }
 }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use hallmark_node::client::Author;
+use hallmark_node::client::{Author, Conn};
 use hallmark_protocol::{
     verify_item_history, CertifiedEvent, EventHash, EventKind, ItemId, ItemState, ManufacturerId,
 };
@@ -301,6 +301,54 @@ async fn conflicting_transfers_never_get_two_certificates() -> Result<()> {
     Ok(())
 }
 
+/// The load generator's client (`client::Conn`): one HTTP/1.1 connection, driven by the task
+/// that submits. It gets certificates, and after the operator restarts (closing the
+/// connection) it fails at most one submission and then connects again by itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_connection_client_certifies_and_reconnects_after_a_restart() -> Result<()> {
+    let mut h = Harness::start(BIN, 4, 3).await?;
+    let m = manufacturer(&h, 0).await?;
+    let mint = |serial: &str| {
+        m.event(
+            0,
+            EventHash::ZERO,
+            EventKind::Mint {
+                serial: serial.into(),
+                product: "Chronograph".into(),
+                owner: m.key.public_key(),
+            },
+        )
+    };
+    let mut conn = Conn::connect(h.client(0).base(), WAIT).await?;
+    for serial in ["SN-1", "SN-2"] {
+        let ev = mint(serial);
+        let ce = conn
+            .submit(hallmark_protocol::encode(&ev).into())
+            .await?
+            .certified()?;
+        assert_eq!(ce.certificate.event, ev.hash());
+        assert_eq!(ce.event, ev);
+    }
+
+    h.stop(0)?;
+    h.restart(0)?;
+    h.wait_connected(0, 3).await?;
+    let ev = mint("SN-3");
+    let mut failures = 0;
+    let ce = loop {
+        match conn.submit(hallmark_protocol::encode(&ev).into()).await {
+            Ok(out) => break out.certified()?,
+            Err(e) if failures == 0 => {
+                failures += 1;
+                eprintln!("first submission after the restart failed, as it may: {e:#}");
+            }
+            Err(e) => return Err(e.context("a second submission after the restart failed")),
+        }
+    };
+    assert_eq!(ce.certificate.event, ev.hash());
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn replayed_and_forged_events_are_rejected_with_codes() -> Result<()> {
     let h = Harness::start(BIN, 4, 3).await?;
@@ -371,13 +419,17 @@ async fn replayed_and_forged_events_are_rejected_with_codes() -> Result<()> {
             "unknown_manufacturer",
         ),
     ];
-    // The same refusals, with the same codes, for events sent in the binary form.
+    // The same refusals, with the same codes, for events sent in the binary form, and through
+    // the load generator's one-connection client (one connection for all of them).
     let binary = c.clone().binary();
+    let mut conn = Conn::connect(c.base(), WAIT).await?;
     for (name, ev, code) in cases {
         let out = c.submit(&ev, WAIT).await?;
         assert_eq!(out.code(), Some(code), "{name}: {out:?}");
         let out = binary.submit(&ev, WAIT).await?;
         assert_eq!(out.code(), Some(code), "{name} (binary): {out:?}");
+        let out = conn.submit(hallmark_protocol::encode(&ev).into()).await?;
+        assert_eq!(out.code(), Some(code), "{name} (one connection): {out:?}");
     }
     // Stale: a transfer at height 1 certified, then another at height 1.
     let t1 = owner.next(
