@@ -55,7 +55,8 @@ const MAX_DEFERRED_SLOTS: usize = 10_000;
 const CHAIN_FETCH_EVERY: Duration = Duration::from_secs(2);
 /// Least time between two flushes of votes while votes keep coming. 2.5 ms against 2 at half
 /// the max rate (2,448 ev/s, ten alternating 30 s pairs): p50 12.4 against 13.2 ms and p99 56
-/// against 66 ms on average, with 2-3 points less CPU per operator; the same at the max rate.
+/// against 66 ms on average (not in every pair; the lower p99 in seven), with 2-3 points less
+/// CPU per operator; the same at the max rate.
 /// 1.5 ms was worse (smaller batches: more signatures, checks, fsyncs and messages per event).
 const FLUSH_EVERY: Duration = Duration::from_micros(2_500);
 /// Slots in flight from which the loop counts as loaded (and waits to batch votes). At 950 ev/s
