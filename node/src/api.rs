@@ -132,6 +132,7 @@ impl Api {
         encodings: Encodings,
         body: warp::hyper::body::Bytes,
     ) -> Response {
+        let received = std::time::Instant::now();
         let event: Event = if encodings.binary_body {
             match hallmark_protocol::decode(&body) {
                 Ok(e) => e,
@@ -165,7 +166,12 @@ impl Api {
         let (reply, rx) = oneshot::channel();
         if self
             .inputs
-            .try_send(Input::Submit { event, hash, reply })
+            .try_send(Input::Submit {
+                event,
+                hash,
+                received,
+                reply,
+            })
             .is_err()
         {
             return error(

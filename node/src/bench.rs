@@ -18,7 +18,7 @@ use serde_json::json;
 use tokio::sync::Mutex;
 
 use crate::client::{Author, Client, Conn};
-use crate::config::{FederationFile, PaymentMode};
+use crate::config::{FederationFile, OperatorConfig, PaymentMode};
 use crate::devnet::{self, InitOptions, Ports};
 use crate::keyfile;
 
@@ -188,6 +188,55 @@ fn dir_size(p: &std::path::Path) -> u64 {
         .sum()
 }
 
+/// The steps of a submission the operators time (`hallmark_consensus_stage_seconds`, then the
+/// certificate), and the vote sync: (name in the results, metric series).
+const STAGES: [(&str, &str); 6] = [
+    (
+        "admitted",
+        "hallmark_consensus_stage_seconds_{}{stage=\"admitted\"}",
+    ),
+    (
+        "own_prevote_sent",
+        "hallmark_consensus_stage_seconds_{}{stage=\"prevote_sent\"}",
+    ),
+    (
+        "polka",
+        "hallmark_consensus_stage_seconds_{}{stage=\"polka\"}",
+    ),
+    (
+        "own_commit_sent",
+        "hallmark_consensus_stage_seconds_{}{stage=\"commit_sent\"}",
+    ),
+    ("certified", "hallmark_consensus_quorum_seconds_{}"),
+    ("vote_sync", "hallmark_consensus_vote_sync_seconds_{}"),
+];
+
+/// Each [`STAGES`] series' (sum, count) over the operators' `/metrics` at `urls` (an operator
+/// that does not answer counts nothing).
+async fn stage_totals(http: &reqwest::Client, urls: &[String]) -> Vec<(f64, f64)> {
+    let mut totals = vec![(0.0, 0.0); STAGES.len()];
+    for url in urls {
+        let Ok(text) = async { http.get(url).send().await?.text().await }.await else {
+            continue;
+        };
+        let values: std::collections::HashMap<&str, f64> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit_once(' '))
+            .filter_map(|(k, v)| Some((k, v.parse().ok()?)))
+            .collect();
+        for ((_, series), (sum, count)) in STAGES.iter().zip(&mut totals) {
+            *sum += values
+                .get(series.replace("{}", "sum").as_str())
+                .unwrap_or(&0.0);
+            *count += values
+                .get(series.replace("{}", "count").as_str())
+                .unwrap_or(&0.0);
+        }
+    }
+    totals
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -325,6 +374,13 @@ async fn drive(
             }
         })
         .collect();
+    let metrics_urls = (0..peers.len())
+        .map(|i| {
+            let loaded = OperatorConfig::load(&devnet::operator_config_path(dir, i))?;
+            Ok(format!("http://{}/metrics", loaded.config.metrics_listen))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let scraper = reqwest::Client::new();
     let n = peers.len() as i64;
     for c in &clients {
         for _ in 0..300 {
@@ -495,6 +551,7 @@ async fn drive(
     let cpu0: Vec<Option<(f64, u64)>> = pids.iter().map(|p| proc_stat(*p)).collect();
     let (me0, machine0) = (proc_stat(std::process::id()), machine_ticks());
     let log0 = clients[0].info().await?["log_len"].as_u64().unwrap_or(0);
+    let stages0 = stage_totals(&scraper, &metrics_urls).await;
     measuring.store(true, Ordering::Relaxed);
     let t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs(o.duration)).await;
@@ -503,6 +560,7 @@ async fn drive(
     let cpu1: Vec<Option<(f64, u64)>> = pids.iter().map(|p| proc_stat(*p)).collect();
     let (me1, machine1) = (proc_stat(std::process::id()), machine_ticks());
     let log1 = clients[0].info().await?["log_len"].as_u64().unwrap_or(0);
+    let stages1 = stage_totals(&scraper, &metrics_urls).await;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         let _ = t.await;
@@ -534,6 +592,23 @@ async fn drive(
         (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => (b1 - b0) as f64 / (t1 - t0) as f64 * 100.0,
         _ => f64::NAN,
     };
+    // Mean ms per stage over the measured time, from the operators' histograms.
+    let stage_means: Vec<f64> = stages0
+        .iter()
+        .zip(&stages1)
+        .map(|((s0, c0), (s1, c1))| (s1 - s0) / (c1 - c0) * 1e3)
+        .collect();
+    let client_mean = lat.iter().sum::<f64>() / lat.len() as f64 * 1e3;
+    let syncs_per_s = {
+        let last = STAGES.len() - 1;
+        (stages1[last].1 - stages0[last].1) / elapsed / peers.len() as f64
+    };
+    let mut stages = serde_json::Map::new();
+    for ((name, _), mean) in STAGES.iter().zip(&stage_means) {
+        stages.insert(format!("{name}_mean_ms"), json!(mean));
+    }
+    stages.insert("client_mean_ms".into(), json!(client_mean));
+    stages.insert("vote_syncs_per_s_per_operator".into(), json!(syncs_per_s));
     let per_op: Vec<serde_json::Value> = cpu0
         .iter()
         .zip(&cpu1)
@@ -549,6 +624,7 @@ async fn drive(
         "certified_events_per_s": certified,
         "acknowledged_events_per_s": acked,
         "latency_ms": {"p50": percentile(&lat, 0.5) * 1e3, "p90": percentile(&lat, 0.9) * 1e3, "p99": percentile(&lat, 0.99) * 1e3, "max": lat.last().copied().unwrap_or(f64::NAN) * 1e3},
+        "latency_stages": stages,
         "failed_submissions": failures.load(Ordering::Relaxed),
         "events_signed_before_run": presign,
         "items_signed_during_measurement": signed_live.load(Ordering::Relaxed),
@@ -576,6 +652,15 @@ async fn drive(
         percentile(&lat, 0.9) * 1e3,
         percentile(&lat, 0.99) * 1e3,
         lat.last().copied().unwrap_or(f64::NAN) * 1e3
+    );
+    let m = &stage_means;
+    println!(
+        "where the time goes (means after submission, events submitted to each operator, from the operators' metrics): taken by its event loop {:.1} ms, own prevote sent {:.1}, polka {:.1}, own commit sent {:.1}, certificate {:.1}; at the client {client_mean:.1} (HTTP and the client: the rest)",
+        m[0], m[1], m[2], m[3], m[4]
+    );
+    println!(
+        "vote sync (write + fsync of own votes): mean {:.2} ms, {syncs_per_s:.0} per s per operator",
+        m[5]
     );
     for p in &per_op {
         println!(

@@ -1,8 +1,8 @@
 //! The operator's prometheus metrics (default registry; one operator per process).
 
 use prometheus::{
-    register_histogram, register_int_counter, register_int_counter_vec, register_int_gauge,
-    Histogram, IntCounter, IntCounterVec, IntGauge,
+    register_histogram, register_histogram_vec, register_int_counter, register_int_counter_vec,
+    register_int_gauge, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge,
 };
 use std::sync::LazyLock;
 
@@ -34,7 +34,8 @@ metric!(CHAIN_TIP: IntGauge = register_int_gauge!("hallmark_anchor_chain_tip_hei
 metric!(VALIDATION_SECONDS: Histogram = register_histogram!("hallmark_events_validation_seconds", "Time to validate an event against the certified state", vec![0.00001, 0.00003, 0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03]));
 metric!(LOOP_SECONDS: Histogram = register_histogram!("hallmark_consensus_loop_iteration_seconds", "Work of one event-loop iteration: inputs handled, votes persisted and sent, events certified (waits for inputs excluded)", vec![0.0001, 0.0003, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5]));
 metric!(VOTE_SYNC_SECONDS: Histogram = register_histogram!("hallmark_consensus_vote_sync_seconds", "Time to write and fsync one flush of this operator's own votes, which the event loop waits for before sending them", vec![0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05]));
-metric!(QUORUM_SECONDS: Histogram = register_histogram!("hallmark_consensus_quorum_seconds", "Submission to certificate, for events submitted to this operator", vec![0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0]));
+metric!(STAGE_SECONDS: HistogramVec = register_histogram_vec!("hallmark_consensus_stage_seconds", "Submission to each step of round 0, for events submitted to this operator: admitted (taken by the event loop), prevote_sent (own prevote synced, signed and sent), polka (own commit cast: a quorum of prevotes seen), commit_sent (own commit synced, signed and sent); the certificate is hallmark_consensus_quorum_seconds", &["stage"], vec![0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.05, 0.1, 0.5]));
+metric!(QUORUM_SECONDS: Histogram = register_histogram!("hallmark_consensus_quorum_seconds", "Submission (the API's receipt) to certificate, for events submitted to this operator", vec![0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0]));
 metric!(SIGNATURES: IntCounterVec = register_int_counter_vec!("hallmark_signatures_checked_total", "Signatures checked, by kind (author, operator_batch, certificate) and result (valid, invalid)", &["kind", "result"]));
 metric!(PARTICIPATION: IntCounterVec = register_int_counter_vec!("hallmark_consensus_votes_received_total", "Votes received, by operator index", &["operator"]));
 metric!(ROUND_CHANGES: IntCounter = register_int_counter!("hallmark_consensus_round_changes_total", "Slots decided after round 0 (split or stalled votes: quorum failures of round 0)"));
@@ -63,6 +64,7 @@ pub fn register() {
     LazyLock::force(&CHECKPOINTS);
     LazyLock::force(&CHAIN_TIP);
     LazyLock::force(&VALIDATION_SECONDS);
+    LazyLock::force(&STAGE_SECONDS);
     LazyLock::force(&QUORUM_SECONDS);
     LazyLock::force(&VOTE_SYNC_SECONDS);
     LazyLock::force(&LOOP_SECONDS);

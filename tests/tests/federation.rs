@@ -187,6 +187,37 @@ async fn mint_is_certified_and_identical_on_all_four() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn each_submission_is_timed_through_its_stages_in_order() -> Result<()> {
+    let h = Harness::start(BIN, 4, 3).await?;
+    let m = manufacturer(&h, 0).await?;
+    let owner = h.author();
+    for k in 0..5 {
+        mint(&h, 0, &m, &format!("STAGE-{k}"), &owner).await?;
+    }
+    // Every event submitted to operator 0 went through each step of round 0 there, so each step
+    // counts the six, and the times after submission (each event's reached in this order) give
+    // means in the same order.
+    let steps = ["admitted", "prevote_sent", "polka", "commit_sent"];
+    let mut series: Vec<String> = steps
+        .iter()
+        .map(|s| format!("hallmark_consensus_stage_seconds_{{}}{{stage=\"{s}\"}}"))
+        .collect();
+    series.push("hallmark_consensus_quorum_seconds_{}".into());
+    let mut previous = 0.0;
+    for s in &series {
+        let count = h.metric(0, &s.replace("{}", "count")).await?;
+        let sum = h.metric(0, &s.replace("{}", "sum")).await?;
+        assert_eq!(count, 6.0, "{s}: one per submitted event");
+        assert!(
+            sum > previous,
+            "{s}: mean {sum} / 6 after the step before ({previous} / 6)"
+        );
+        previous = sum;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn three_of_four_certify_while_one_is_down_and_it_catches_up() -> Result<()> {
     let mut h = Harness::start(BIN, 4, 3).await?;
     let m = manufacturer(&h, 0).await?;

@@ -16,8 +16,24 @@ use crate::metrics;
 use crate::payments::MAX_ESCROW_BLOCKS;
 
 impl Engine {
-    pub(super) fn submit(&mut self, event: Event, hash: EventHash, reply: Reply) {
-        match self.admit(event, hash, Some(reply)) {
+    pub(super) fn submit(
+        &mut self,
+        event: Event,
+        hash: EventHash,
+        received: Instant,
+        reply: Reply,
+    ) {
+        let result = self.admit(event, hash, Some(reply));
+        if let Some(t) = self.submitted_at.get_mut(&hash) {
+            // Timed from the API's receipt (the wait for the loop included).
+            if received < *t {
+                *t = received;
+                metrics::STAGE_SECONDS
+                    .with_label_values(&["admitted"])
+                    .observe(received.elapsed().as_secs_f64());
+            }
+        }
+        match result {
             Ok(None) => {}
             Ok(Some((submitted, reply))) => {
                 let _ = reply.send(Ok(submitted));

@@ -137,6 +137,8 @@ pub enum Input {
         event: Event,
         /// Its hash.
         hash: EventHash,
+        /// When the API received it.
+        received: Instant,
         /// The answer.
         reply: oneshot::Sender<Result<Submitted, Rejection>>,
     },
@@ -337,6 +339,16 @@ impl Engine {
             .map(|p| (Subject::Checkpoint, p.checkpoint.number))
     }
 
+    /// Records how long after its submission an event submitted to this operator reached
+    /// `stage` (`metrics::STAGE_SECONDS`).
+    fn stage_reached(&self, event: &EventHash, stage: &str) {
+        if let Some(t) = self.submitted_at.get(event) {
+            metrics::STAGE_SECONDS
+                .with_label_values(&[stage])
+                .observe(t.elapsed().as_secs_f64());
+        }
+    }
+
     /// An item's certified state.
     fn item(&mut self, id: &ItemId) -> Result<Option<ItemState>, StoreError> {
         if let Some(s) = self.items.get(id) {
@@ -440,8 +452,13 @@ impl Engine {
 
     fn handle(&mut self, input: Input) {
         let result = match input {
-            Input::Submit { event, hash, reply } => {
-                self.submit(event, hash, reply);
+            Input::Submit {
+                event,
+                hash,
+                received,
+                reply,
+            } => {
+                self.submit(event, hash, received, reply);
                 Ok(())
             }
             Input::PaymentChecked {
@@ -610,6 +627,13 @@ impl Engine {
             let me = self.cfg.me;
             let mut decided = Vec::new();
             for (i, v) in batch.votes().iter().enumerate() {
+                if v.round == 0 {
+                    let stage = match v.phase {
+                        Phase::Prevote => "prevote_sent",
+                        Phase::Commit => "commit_sent",
+                    };
+                    self.stage_reached(&v.event, stage);
+                }
                 if v.phase != Phase::Commit {
                     continue;
                 }

@@ -51,6 +51,9 @@ impl Engine {
                             self.out_proposals.push(p.clone());
                         }
                     }
+                    if v.phase == Phase::Commit && v.round == 0 {
+                        self.stage_reached(&v.event, "polka");
+                    }
                     self.out_votes.push(v);
                     self.dirty.insert(key);
                 }
