@@ -211,14 +211,14 @@ const STAGES: [(&str, &str); 6] = [
     ("vote_sync", "hallmark_consensus_vote_sync_seconds_{}"),
 ];
 
-/// Each [`STAGES`] series' (sum, count) over the operators' `/metrics` at `urls` (an operator
-/// that does not answer counts nothing).
-async fn stage_totals(http: &reqwest::Client, urls: &[String]) -> Vec<(f64, f64)> {
+/// Each [`STAGES`] series' (sum, count) over the operators' `/metrics` at `urls`; `None` if
+/// one of them does not answer.
+async fn stage_totals(http: &reqwest::Client, urls: &[String]) -> Option<Vec<(f64, f64)>> {
     let mut totals = vec![(0.0, 0.0); STAGES.len()];
     for url in urls {
-        let Ok(text) = async { http.get(url).send().await?.text().await }.await else {
-            continue;
-        };
+        let text = async { http.get(url).send().await?.text().await }
+            .await
+            .ok()?;
         let values: std::collections::HashMap<&str, f64> = text
             .lines()
             .filter(|l| !l.starts_with('#'))
@@ -234,7 +234,7 @@ async fn stage_totals(http: &reqwest::Client, urls: &[String]) -> Vec<(f64, f64)
                 .unwrap_or(&0.0);
         }
     }
-    totals
+    Some(totals)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -592,23 +592,28 @@ async fn drive(
         (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => (b1 - b0) as f64 / (t1 - t0) as f64 * 100.0,
         _ => f64::NAN,
     };
-    // Mean ms per stage over the measured time, from the operators' histograms.
-    let stage_means: Vec<f64> = stages0
-        .iter()
-        .zip(&stages1)
-        .map(|((s0, c0), (s1, c1))| (s1 - s0) / (c1 - c0) * 1e3)
-        .collect();
-    let client_mean = lat.iter().sum::<f64>() / lat.len() as f64 * 1e3;
-    let syncs_per_s = {
+    // Mean ms per stage over the measured time, from the operators' histograms, and vote syncs
+    // per second and operator (when every operator's metrics answered both times).
+    let breakdown = stages0.zip(stages1).map(|(stages0, stages1)| {
+        let means: Vec<f64> = stages0
+            .iter()
+            .zip(&stages1)
+            .map(|((s0, c0), (s1, c1))| (s1 - s0) / (c1 - c0) * 1e3)
+            .collect();
         let last = STAGES.len() - 1;
-        (stages1[last].1 - stages0[last].1) / elapsed / peers.len() as f64
-    };
-    let mut stages = serde_json::Map::new();
-    for ((name, _), mean) in STAGES.iter().zip(&stage_means) {
-        stages.insert(format!("{name}_mean_ms"), json!(mean));
-    }
-    stages.insert("client_mean_ms".into(), json!(client_mean));
-    stages.insert("vote_syncs_per_s_per_operator".into(), json!(syncs_per_s));
+        let syncs_per_s = (stages1[last].1 - stages0[last].1) / elapsed / peers.len() as f64;
+        (means, syncs_per_s)
+    });
+    let client_mean = lat.iter().sum::<f64>() / lat.len() as f64 * 1e3;
+    let stages = breakdown.as_ref().map(|(means, syncs_per_s)| {
+        let mut stages = serde_json::Map::new();
+        for ((name, _), mean) in STAGES.iter().zip(means) {
+            stages.insert(format!("{name}_mean_ms"), json!(mean));
+        }
+        stages.insert("client_mean_ms".into(), json!(client_mean));
+        stages.insert("vote_syncs_per_s_per_operator".into(), json!(syncs_per_s));
+        stages
+    });
     let per_op: Vec<serde_json::Value> = cpu0
         .iter()
         .zip(&cpu1)
@@ -653,15 +658,19 @@ async fn drive(
         percentile(&lat, 0.99) * 1e3,
         lat.last().copied().unwrap_or(f64::NAN) * 1e3
     );
-    let m = &stage_means;
-    println!(
-        "where the time goes (means after submission, events submitted to each operator, from the operators' metrics): taken by its event loop {:.1} ms, own prevote sent {:.1}, polka {:.1}, own commit sent {:.1}, certificate {:.1}; at the client {client_mean:.1} (HTTP and the client: the rest)",
-        m[0], m[1], m[2], m[3], m[4]
-    );
-    println!(
-        "vote sync (write + fsync of own votes): mean {:.2} ms, {syncs_per_s:.0} per s per operator",
-        m[5]
-    );
+    match &breakdown {
+        Some((m, syncs_per_s)) => {
+            println!(
+                "where the time goes (means after submission, events submitted to each operator, from the operators' metrics): taken by its event loop {:.1} ms, own prevote sent {:.1}, polka {:.1}, own commit sent {:.1}, certificate {:.1}; at the client {client_mean:.1} (HTTP and the client: the rest)",
+                m[0], m[1], m[2], m[3], m[4]
+            );
+            println!(
+                "vote sync (write + fsync of own votes): mean {:.2} ms, {syncs_per_s:.0} per s per operator",
+                m[5]
+            );
+        }
+        None => println!("where the time goes: not known (an operator's metrics did not answer)"),
+    }
     for p in &per_op {
         println!(
             "operator {}: CPU {:.0}%  RSS {:.0} MB",

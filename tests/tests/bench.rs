@@ -183,6 +183,23 @@ fn a_short_run_certifies_what_it_submits_in_both_client_modes() -> Result<()> {
             "{flags:?}: items signed live: {r}"
         );
         ensure!(stdout.contains("certified events/s"), "{stdout}");
+        // Where the time went, from the operators' metrics: every step timed, the certificate
+        // after the loop took the event.
+        let stages = &r["latency_stages"];
+        let mean = |k: &str| stages[format!("{k}_mean_ms")].as_f64().unwrap_or(f64::NAN);
+        for k in [
+            "admitted",
+            "own_prevote_sent",
+            "polka",
+            "own_commit_sent",
+            "certified",
+            "vote_sync",
+            "client",
+        ] {
+            ensure!(mean(k) > 0.0, "{flags:?}: stage {k}: {stages}");
+        }
+        ensure!(mean("admitted") < mean("certified"), "{stages}");
+        ensure!(stdout.contains("where the time goes"), "{stdout}");
         // The host's speed is probed once a second during the measured time.
         let speed = &r["host_speed_during_run"];
         ensure!(speed["probes"].as_u64().unwrap_or(0) >= 1, "{r}");
