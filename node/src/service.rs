@@ -183,16 +183,16 @@ pub async fn start(
         tokio::spawn(async move {
             while let Some(ev) = p2p_events.recv().await {
                 match ev {
-                    P2pEvent::Gossip { id, source, data } => {
-                        let verified = engine::verify_gossip(&federation, &store, &data);
-                        let accept = verified.is_ok();
-                        if let Err(e) = &verified {
-                            warn!(%source, "rejected gossip: {e}");
-                        }
-                        let _ = p2p.send(Command::Validate { id, source, accept }).await;
-                        if let Ok(v) = verified {
-                            if inputs.send(Input::Gossip(v)).await.is_err() {
-                                break;
+                    P2pEvent::Gossip { source, data } => {
+                        match engine::verify_gossip(&federation, &store, &data) {
+                            Ok(v) => {
+                                if inputs.send(Input::Gossip(v)).await.is_err() {
+                                    break;
+                                }
+                            }
+                            Err(e) => {
+                                warn!(%source, "rejected gossip: {e}");
+                                let _ = p2p.send(Command::Rejected(source)).await;
                             }
                         }
                     }

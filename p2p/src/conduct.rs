@@ -1,7 +1,7 @@
 //! Members' conduct: a member that sends messages the node rejects, or floods it with requests,
-//! is disconnected and shut out for a while. Honest members never trip this: they validate every
-//! message before forwarding it (gossipsub's validation mode), so a rejected message's
-//! propagation source is its origin, and they ask for catch-up one request at a time.
+//! is disconnected and shut out for a while. Honest members never trip this: gossip is never
+//! relayed (each member writes its own messages to every other one, `gossip.rs`), so the member
+//! a rejected message came from is its author, and they ask for catch-up one request at a time.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

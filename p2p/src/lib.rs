@@ -1,10 +1,12 @@
 //! Hallmark's peer-to-peer layer. One task owns the libp2p [`Swarm`] (tcp + noise + yamux,
-//! gossipsub, request-response, identify, ping, an allow-list of federation members); the rest of
-//! the node talks to it through a cloneable [`P2pHandle`] sending [`Command`]s and a bounded
+//! gossip streams, request-response, identify, ping, an allow-list of federation members); the
+//! rest of the node talks to it through a cloneable [`P2pHandle`] sending [`Command`]s (and
+//! broadcasting gossip straight to the members' streams, [`P2pHandle::broadcast`]) and a bounded
 //! receiver of [`P2pEvent`]s. Payloads are opaque bytes: the node encodes and validates them.
 
 mod codec;
 mod conduct;
+mod gossip;
 mod metrics;
 
 use std::collections::{HashMap, HashSet};
@@ -12,9 +14,6 @@ use std::time::{Duration, Instant};
 
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
-use libp2p::gossipsub::{
-    self, IdentTopic, MessageAcceptance, MessageAuthenticity, MessageId, ValidationMode,
-};
 use libp2p::identity::{self, secp256k1};
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
@@ -57,7 +56,7 @@ pub struct P2pConfig {
     pub listen: Multiaddr,
     /// Every other federation member and where to reach it. Only these may connect.
     pub members: Vec<(PeerId, Multiaddr)>,
-    /// Gossip topic (one per federation).
+    /// The federation's gossip topic: its gossip protocol is `/<topic>/gossip`.
     pub topic: String,
     /// Largest gossip message sent or accepted: [`MAX_GOSSIP_BYTES`] for an operator (tests of
     /// a misbehaving member raise it so that it can send oversize messages).
@@ -67,17 +66,8 @@ pub struct P2pConfig {
 /// Requests to the swarm task.
 #[derive(Debug)]
 pub enum Command {
-    /// Gossip `data` to the federation.
-    Publish(Vec<u8>),
-    /// The node's verdict on a received gossip message: only accepted ones propagate.
-    Validate {
-        /// Message.
-        id: MessageId,
-        /// Who forwarded it.
-        source: PeerId,
-        /// Accept (forward) or reject (drop, penalise).
-        accept: bool,
-    },
+    /// The node rejected a gossip message from `peer` as invalid (counts toward its ban).
+    Rejected(PeerId),
     /// `peer` answered a request with something that does not verify (counts toward its ban).
     Offence(PeerId),
     /// Send a request to `peer`; the reply comes back on `reply`.
@@ -94,11 +84,9 @@ pub enum Command {
 /// What the network tells the node.
 #[derive(Debug)]
 pub enum P2pEvent {
-    /// A gossip message to validate; answer with [`Command::Validate`].
+    /// A gossip message (report an invalid one with [`Command::Rejected`]).
     Gossip {
-        /// Message id (content hash).
-        id: MessageId,
-        /// Who forwarded it.
+        /// The member that sent it.
         source: PeerId,
         /// Payload.
         data: Vec<u8>,
@@ -125,6 +113,8 @@ pub enum P2pEvent {
 pub struct P2pHandle {
     tx: mpsc::Sender<Command>,
     local: PeerId,
+    outbound: gossip::Outbound,
+    gossip_limit: usize,
 }
 
 impl P2pHandle {
@@ -136,6 +126,23 @@ impl P2pHandle {
     /// Queues a command; fails only once the swarm task has stopped.
     pub async fn send(&self, cmd: Command) -> Result<(), P2pError> {
         self.tx.send(cmd).await.map_err(|_| P2pError::Stopped)
+    }
+
+    /// Gossips `data` to every connected member, without waiting: it is queued to each
+    /// member's stream (a member whose queue is full misses it, and catches up later). Returns
+    /// to how many members it was queued.
+    pub fn broadcast(&self, data: Vec<u8>) -> usize {
+        if data.len() > self.gossip_limit {
+            metrics::GOSSIP_PUBLISH_FAILED.inc();
+            warn!(
+                "gossip message of {} bytes not sent: over the limit of {}",
+                data.len(),
+                self.gossip_limit
+            );
+            return 0;
+        }
+        metrics::GOSSIP_OUT.inc();
+        self.outbound.broadcast(data)
     }
 
     /// Sends a request and waits for the response.
@@ -165,42 +172,10 @@ pub enum P2pError {
 #[derive(NetworkBehaviour)]
 struct Behaviour {
     allow: allow_block_list::Behaviour<allow_block_list::AllowedPeers>,
-    gossipsub: gossipsub::Behaviour,
+    gossip: libp2p_stream::Behaviour,
     catchup: request_response::Behaviour<BytesCodec>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
-}
-
-fn gossipsub_config(max_bytes: usize) -> Result<gossipsub::Config, P2pError> {
-    // A federation is a full mesh of direct connections (every member dials every other one,
-    // and redials), and a message is published to every connected member (flood publish). So no
-    // operator relays: with a gossipsub mesh each receiver forwarded every message to the other
-    // members, which already had it from the publisher (with 4 operators up to 3 copies of every
-    // message reached each one, and the benchmark moved a third more bytes over loopback per
-    // event; without relaying, -2 to +21 % certified events/s in seven alternating 20 s pairs
-    // and +14 % in a 60 s pair: docs/benchmarks.md).
-    // Lazy gossip (IHAVE) is off too: with no mesh it would announce every recent message id to
-    // every peer each heartbeat, and a list over the control-size limit makes the receiver drop
-    // the stream (seen: the federation stalled). A member that misses messages catches up on the
-    // certified log from its peers (every tick, round robin).
-    // Anonymous mode: every payload is signed by its author already; message ids are content
-    // hashes so the same payload from two peers is one message.
-    gossipsub::ConfigBuilder::default()
-        .mesh_outbound_min(0)
-        .mesh_n_low(0)
-        .mesh_n(0)
-        .mesh_n_high(8)
-        .gossip_lazy(0)
-        .gossip_factor(0.0)
-        .heartbeat_interval(Duration::from_millis(500))
-        .validate_messages()
-        .validation_mode(ValidationMode::Anonymous)
-        .message_id_fn(|m: &gossipsub::Message| {
-            MessageId::from(hallmark_protocol::hash::sha256(&m.data).to_vec())
-        })
-        .max_transmit_size(max_bytes)
-        .build()
-        .map_err(|e| P2pError::Setup(e.to_string()))
 }
 
 /// Starts the swarm task. It stops when `cancel` fires.
@@ -220,7 +195,7 @@ pub async fn spawn(
         .map_err(|e| P2pError::Setup(e.to_string()))?;
     let keypair: identity::Keypair = secp256k1::Keypair::from(sk).into();
     let local = keypair.public().to_peer_id();
-    let gs_config = gossipsub_config(config.gossip_limit)?;
+    let protocol = gossip::protocol(&config.topic).map_err(P2pError::Setup)?;
     let mut swarm = SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(
@@ -230,11 +205,9 @@ pub async fn spawn(
         )
         .map_err(|e| P2pError::Setup(e.to_string()))?
         .with_behaviour(|key| {
-            let gossipsub = gossipsub::Behaviour::new(MessageAuthenticity::Anonymous, gs_config)
-                .map_err(|e| Box::<dyn std::error::Error + Send + Sync>::from(e.to_string()))?;
             Ok(Behaviour {
                 allow: Default::default(),
-                gossipsub,
+                gossip: libp2p_stream::Behaviour::new(),
                 catchup: request_response::Behaviour::with_codec(
                     BytesCodec { max: MAX_RPC_BYTES },
                     [(
@@ -257,11 +230,9 @@ pub async fn spawn(
     for (peer, _) in &config.members {
         swarm.behaviour_mut().allow.allow_peer(*peer);
     }
-    let topic = IdentTopic::new(config.topic.clone());
-    swarm
-        .behaviour_mut()
-        .gossipsub
-        .subscribe(&topic)
+    let mut control = swarm.behaviour().gossip.new_control();
+    let incoming = control
+        .accept(protocol.clone())
         .map_err(|e| P2pError::Setup(e.to_string()))?;
     swarm
         .listen_on(config.listen.clone())
@@ -270,9 +241,19 @@ pub async fn spawn(
 
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
     let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
+    tokio::spawn(gossip::accept(
+        incoming,
+        ev_tx.clone(),
+        cmd_tx.clone(),
+        config.gossip_limit,
+        cancel.clone(),
+    ));
+    let outbound = gossip::Outbound::default();
     let task = SwarmTask {
         swarm,
-        topic,
+        control,
+        protocol,
+        outbound: outbound.clone(),
         members: config.members.into_iter().collect(),
         connected: HashSet::new(),
         pending: HashMap::new(),
@@ -281,7 +262,13 @@ pub async fn spawn(
         conduct: Conduct::default(),
     };
     let handle = tokio::spawn(task.run(cmd_rx, cancel));
-    Ok((P2pHandle { tx: cmd_tx, local }, ev_rx, handle))
+    let handle_ = P2pHandle {
+        tx: cmd_tx,
+        local,
+        outbound,
+        gossip_limit: config.gossip_limit,
+    };
+    Ok((handle_, ev_rx, handle))
 }
 
 type ReplyFuture = std::pin::Pin<
@@ -290,7 +277,12 @@ type ReplyFuture = std::pin::Pin<
 
 struct SwarmTask {
     swarm: Swarm<Behaviour>,
-    topic: IdentTopic,
+    /// Opens the gossip streams to members.
+    control: libp2p_stream::Control,
+    /// The federation's gossip protocol.
+    protocol: StreamProtocol,
+    /// The writers to connected members.
+    outbound: gossip::Outbound,
     members: HashMap<PeerId, Multiaddr>,
     connected: HashSet<PeerId>,
     pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, String>>>,
@@ -355,36 +347,9 @@ impl SwarmTask {
 
     fn command(&mut self, cmd: Command) {
         match cmd {
-            Command::Publish(data) => {
-                let len = data.len();
-                match self
-                    .swarm
-                    .behaviour_mut()
-                    .gossipsub
-                    .publish(self.topic.clone(), data)
-                {
-                    Ok(_) => metrics::GOSSIP_OUT.inc(),
-                    Err(gossipsub::PublishError::Duplicate) => {}
-                    Err(e) => {
-                        metrics::GOSSIP_PUBLISH_FAILED.inc();
-                        debug!("publish of {len} bytes: {e}");
-                    }
-                }
-            }
-            Command::Validate { id, source, accept } => {
-                let verdict = if accept {
-                    MessageAcceptance::Accept
-                } else {
-                    metrics::GOSSIP_REJECTED.inc();
-                    MessageAcceptance::Reject
-                };
-                self.swarm
-                    .behaviour_mut()
-                    .gossipsub
-                    .report_message_validation_result(&id, &source, verdict);
-                if !accept {
-                    self.offence(source);
-                }
+            Command::Rejected(peer) => {
+                metrics::GOSSIP_REJECTED.inc();
+                self.offence(peer);
             }
             Command::Offence(peer) => self.offence(peer),
             Command::Request { peer, data, reply } => {
@@ -408,6 +373,8 @@ impl SwarmTask {
             } => {
                 if num_established.get() == 1 && self.connected.insert(peer_id) {
                     metrics::PEERS.set(self.connected.len() as i64);
+                    self.outbound
+                        .connect(peer_id, self.control.clone(), self.protocol.clone());
                     info!(peer = %peer_id, "member connected");
                     Some(P2pEvent::PeerConnected(peer_id))
                 } else {
@@ -421,6 +388,7 @@ impl SwarmTask {
             } => {
                 if num_established == 0 && self.connected.remove(&peer_id) {
                     metrics::PEERS.set(self.connected.len() as i64);
+                    self.outbound.disconnect(&peer_id);
                     info!(peer = %peer_id, "member disconnected");
                     Some(P2pEvent::PeerDisconnected(peer_id))
                 } else {
@@ -457,18 +425,6 @@ impl SwarmTask {
                     }
                 }
                 None
-            }
-            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
-                propagation_source,
-                message_id,
-                message,
-            })) => {
-                metrics::GOSSIP_IN.inc();
-                Some(P2pEvent::Gossip {
-                    id: message_id,
-                    source: propagation_source,
-                    data: message.data,
-                })
             }
             SwarmEvent::Behaviour(BehaviourEvent::Catchup(request_response::Event::Message {
                 peer,

@@ -41,7 +41,7 @@ pub(crate) static GOSSIP_IN: LazyLock<IntCounter> = LazyLock::new(|| {
 pub(crate) static GOSSIP_OUT: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "hallmark_p2p_gossip_published_total",
-        "Gossip messages published"
+        "Gossip messages sent (once per message, to every connected member)"
     )
     .expect("metric registers once")
 });
@@ -55,7 +55,7 @@ pub(crate) static GOSSIP_REJECTED: LazyLock<IntCounter> = LazyLock::new(|| {
 pub(crate) static GOSSIP_PUBLISH_FAILED: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "hallmark_p2p_gossip_publish_failed_total",
-        "Gossip publishes that failed (no peers, queue full)"
+        "Gossip messages not sent to a member: its queue was full, or the message was over the size limit"
     )
     .expect("metric registers once")
 });

@@ -23,7 +23,8 @@ pub enum Gossip {
         checkpoints: Vec<Proposal>,
         /// The signed votes.
         batch: BatchVote,
-        /// Makes a re-broadcast of the same votes a new message for gossipsub.
+        /// Random: a re-broadcast of the same votes is a different message (needed when gossip
+        /// went through gossipsub, which dropped repeats; kept in the format).
         nonce: u64,
     },
     /// Certified events.

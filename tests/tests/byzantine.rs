@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use hallmark_node::client::{Author, Client};
-use hallmark_p2p::{Command, P2pConfig, P2pEvent, P2pHandle};
+use hallmark_p2p::{P2pConfig, P2pEvent, P2pHandle};
 use hallmark_protocol::encoding::encode;
 use hallmark_protocol::wire::{Gossip, LogEntry, Rpc, RpcResponse};
 use hallmark_protocol::{
@@ -32,7 +32,6 @@ struct Byzantine {
     p2p: P2pHandle,
     key: SigningKey,
     cancel: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
     /// What it answers every catch-up request with.
     answer: Arc<Mutex<Vec<u8>>>,
 }
@@ -49,12 +48,11 @@ async fn impersonate(h: &mut Harness, forged: RpcResponse) -> Result<Byzantine> 
     h.stop(BYZANTINE)?;
     let key = h.operator_key(BYZANTINE)?;
     let answer = Arc::new(Mutex::new(encode(&forged)));
-    let (p2p, cancel, task) = connect(h, &key, answer.clone()).await?;
+    let (p2p, cancel) = connect(h, &key, answer.clone()).await?;
     Ok(Byzantine {
         p2p,
         key,
         cancel,
-        task,
         answer,
     })
 }
@@ -65,9 +63,9 @@ async fn connect(
     h: &Harness,
     key: &SigningKey,
     answer: Arc<Mutex<Vec<u8>>>,
-) -> Result<(P2pHandle, CancellationToken, tokio::task::JoinHandle<()>)> {
+) -> Result<(P2pHandle, CancellationToken)> {
     let cancel = CancellationToken::new();
-    let (p2p, mut events, task) = hallmark_p2p::spawn(
+    let (p2p, mut events, _task) = hallmark_p2p::spawn(
         P2pConfig {
             secret: key.secret_bytes(),
             listen: h.peers[BYZANTINE].address.clone(),
@@ -94,25 +92,7 @@ async fn connect(
     for i in 0..BYZANTINE {
         h.wait_connected(i, 3).await?;
     }
-    Ok((p2p, cancel, task))
-}
-
-impl Byzantine {
-    /// Drops every connection and connects again (its gossip streams to peers that refused an
-    /// oversize message are stuck behind it).
-    async fn reconnect(&mut self, h: &Harness) -> Result<()> {
-        self.cancel.cancel();
-        (&mut self.task).await?;
-        for i in 0..BYZANTINE {
-            poll_until(WAIT, "the Byzantine peer gone", || async {
-                let info = h.client(i).info().await.ok()?;
-                (info["peers_connected"].as_i64()? == 2).then_some(())
-            })
-            .await?;
-        }
-        (self.p2p, self.cancel, self.task) = connect(h, &self.key, self.answer.clone()).await?;
-        Ok(())
-    }
+    Ok((p2p, cancel))
 }
 
 impl Byzantine {
@@ -137,7 +117,7 @@ impl Byzantine {
             batch,
             nonce,
         };
-        self.p2p.send(Command::Publish(encode(&msg))).await?;
+        self.p2p.broadcast(encode(&msg));
         Ok(())
     }
 }
@@ -280,7 +260,7 @@ async fn a_byzantine_operator_fools_nobody_and_is_disconnected() -> Result<()> {
         })
         .await?;
     }
-    let mut byz = impersonate(&mut h, forged).await?;
+    let byz = impersonate(&mut h, forged).await?;
 
     // 1. Forged catch-up responses are refused (and counted against the sender).
     poll_until(WAIT, "forged responses counted", || async {
@@ -343,11 +323,11 @@ async fn a_byzantine_operator_fools_nobody_and_is_disconnected() -> Result<()> {
     byz.gossip(&h, vec![b.clone()], vec![repeat], 6).await?;
     await_evidence(&h, 3).await?;
 
-    // 3. Oversize messages. Gossip over the 4 MiB limit is refused by every honest operator's
-    //    gossipsub codec from its length prefix (nothing is buffered; libp2p closes the stream
-    //    and reports nothing to count). Catch-up responses and requests over the 16 MiB limit are
-    //    refused by the request codec and counted as offences. The honest operators go on
-    //    certifying and their memory does not follow the sizes.
+    // 3. Oversize messages. Gossip over the 4 MiB limit is refused by every honest operator from
+    //    its frame's length prefix (nothing is buffered: the stream is dropped) and counted as an
+    //    offence; catch-up responses and requests over the 16 MiB limit are refused by the
+    //    request codec and counted too. The honest operators go on certifying and their memory
+    //    does not follow the sizes.
     let offences = |i: usize| h.metric(i, "hallmark_p2p_offences_total");
     let mut before = Vec::new();
     let mut rss_before = Vec::new();
@@ -355,9 +335,10 @@ async fn a_byzantine_operator_fools_nobody_and_is_disconnected() -> Result<()> {
         before.push((i, offences(i).await?));
         rss_before.push((i, h.rss_mb(i)?));
     }
-    byz.p2p
-        .send(Command::Publish(vec![7; OVERSIZE_GOSSIP]))
-        .await?;
+    ensure!(
+        byz.p2p.broadcast(vec![7; OVERSIZE_GOSSIP]) == BYZANTINE,
+        "the oversize message is queued to the three honest operators"
+    );
     *byz.answer.lock().expect("not poisoned") = vec![0; hallmark_p2p::MAX_RPC_BYTES as usize + 1];
     // Every honest operator asks each peer in turn for its log, so each soon gets one.
     let logged = |i: usize, what: &str| {
@@ -365,10 +346,21 @@ async fn a_byzantine_operator_fools_nobody_and_is_disconnected() -> Result<()> {
             .is_ok_and(|log| log.contains(what))
     };
     for &(i, before) in &before {
-        poll_until(WAIT, "an oversize catch-up response counted", || async {
-            let counted = offences(i).await.ok()? > before;
-            (counted && logged(i, "catch-up response over the size limit")).then_some(())
-        })
+        poll_until(
+            WAIT,
+            "oversize gossip and catch-up response counted",
+            || async {
+                // (One offence for the gossip message, at least one for a catch-up response.)
+                let counted = offences(i).await.ok()? >= before + 2.0;
+                let refused = format!(
+                    "bytes refused (the limit is {}): stream dropped",
+                    hallmark_p2p::MAX_GOSSIP_BYTES
+                );
+                let gossip = logged(i, &refused);
+                let catchup = logged(i, "catch-up response over the size limit");
+                (counted && gossip && catchup).then_some(())
+            },
+        )
         .await
         .with_context(|| h.log_tail(i))?;
     }
@@ -396,9 +388,8 @@ async fn a_byzantine_operator_fools_nobody_and_is_disconnected() -> Result<()> {
         );
     }
     *byz.answer.lock().expect("not poisoned") = quiet;
-    // The Byzantine peer's own gossip streams to the operators that refused its oversize message
-    // are stuck behind it: it starts over with new connections.
-    byz.reconnect(&h).await?;
+    // (The honest operators dropped the Byzantine peer's gossip streams with its oversize
+    // message; its writers open new ones, which step 5 relies on.)
 
     // 4. A request flood at operator 0: served up to its allowance (a burst of 200, then 50/s),
     //    then refused; the flooder is disconnected. The flooder can only send as fast as the
@@ -426,7 +417,7 @@ async fn a_byzantine_operator_fools_nobody_and_is_disconnected() -> Result<()> {
     for n in 0..40u32 {
         let mut junk = vec![0xff; 64];
         junk.extend_from_slice(&n.to_be_bytes());
-        let _ = byz.p2p.send(Command::Publish(junk)).await;
+        byz.p2p.broadcast(junk);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for i in 0..BYZANTINE {

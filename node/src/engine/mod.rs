@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hallmark_p2p::{Command, P2pHandle, PeerId};
+use hallmark_p2p::{P2pHandle, PeerId};
 use hallmark_protocol::checkpoint::CheckpointHash;
 use hallmark_protocol::consensus::{Slot, SlotConfig};
 use hallmark_protocol::{
@@ -622,7 +622,7 @@ impl Engine {
                 batch: batch.to_batch_vote(),
                 nonce: rand::random(),
             };
-            let _ = self.cfg.p2p.send(Command::Publish(encode(&msg))).await;
+            self.cfg.p2p.broadcast(encode(&msg));
             // Our own commit votes count towards certificates here too.
             let me = self.cfg.me;
             let mut decided = Vec::new();
@@ -668,19 +668,11 @@ impl Engine {
         self.cfg.store.flush_wal()?;
         if !self.out_certs.is_empty() {
             let certs = std::mem::take(&mut self.out_certs);
-            let _ = self
-                .cfg
-                .p2p
-                .send(Command::Publish(encode(&Gossip::Certified(certs))))
-                .await;
+            self.cfg.p2p.broadcast(encode(&Gossip::Certified(certs)));
         }
         if !self.out_final.is_empty() {
             let list = std::mem::take(&mut self.out_final);
-            let _ = self
-                .cfg
-                .p2p
-                .send(Command::Publish(encode(&Gossip::Checkpoints(list))))
-                .await;
+            self.cfg.p2p.broadcast(encode(&Gossip::Checkpoints(list)));
         }
         Ok(())
     }

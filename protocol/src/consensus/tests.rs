@@ -6,8 +6,9 @@ const A: EventHash = EventHash([0xaa; 32]);
 const B: EventHash = EventHash([0xbb; 32]);
 
 /// A network of honest operators `0..honest` (and, optionally, operator 3 as a Byzantine one
-/// driven by the test), delivering votes from a queue. Like gossipsub, an honest operator
-/// forwards every vote it sees for the first time to the others.
+/// driven by the test), delivering votes from a queue. An honest operator forwards every
+/// vote it sees for the first time to the others (a harsher schedule than the node's, where only
+/// the voter sends its votes: the test explores more interleavings).
 struct Net {
     slots: Vec<Slot>,
     seen: Vec<BTreeSet<(usize, EventHash, u32, Phase)>>,
