@@ -439,3 +439,90 @@ async fn a_byzantine_operator_fools_nobody_and_is_disconnected() -> Result<()> {
     }
     Ok(())
 }
+
+/// Votes that come before their event are held for it; when the event is then certified
+/// without becoming a candidate (its certificate came by catch-up first), they are dropped, not
+/// held for ever.
+#[tokio::test(flavor = "multi_thread")]
+async fn votes_held_for_an_event_go_when_its_certificate_comes_first() -> Result<()> {
+    let mut h = Harness::start(BIN, 4, 3).await?;
+    let (maker, owner) = (h.author(), h.author());
+    register(&h.client(0), &maker).await?;
+    let log_len = h.client(0).info().await?["log_len"].clone();
+    for i in 0..4 {
+        poll_until(WAIT, "the registration certified everywhere", || async {
+            (h.client(i).info().await.ok()?["log_len"] == log_len).then_some(())
+        })
+        .await?;
+    }
+    // A mint nobody submits, with a real certificate: commit votes signed with the keys of
+    // operators 0, 2 and 3 (a quorum).
+    let mint = maker.event(
+        0,
+        EventHash::ZERO,
+        EventKind::Mint {
+            serial: "SN-EARLY".into(),
+            product: "Watch".into(),
+            owner: owner.key.public_key(),
+        },
+    );
+    let commit = Vote::commit(mint.hash(), 0);
+    let mut attestations = Vec::new();
+    for i in [0, 2, BYZANTINE] {
+        let batch = BatchVote::sign(&h.operator_key(i)?, h.federation.id(), vec![commit])?;
+        attestations.push(batch.attestation(0).context("attestation")?);
+    }
+    let certified = CertifiedEvent {
+        event: mint.clone(),
+        certificate: Certificate {
+            event: mint.hash(),
+            round: 0,
+            attestations,
+        },
+    };
+    certified.verify(&h.federation)?;
+    let quiet = RpcResponse {
+        log_len: 0,
+        events: Vec::new(),
+        next_checkpoint: 0,
+        checkpoints: Vec::new(),
+        log: Vec::new(),
+    };
+    let byz = impersonate(&mut h, quiet.clone()).await?;
+    // Operator 3's votes for the mint, without the mint: held by every honest operator.
+    let votes = vec![Vote::prevote(mint.hash(), 0), commit];
+    byz.gossip(&h, Vec::new(), votes, 0).await?;
+    let held = |i: usize| h.metric(i, "hallmark_consensus_held_votes");
+    for i in 0..BYZANTINE {
+        poll_until(WAIT, "the early votes held", || async {
+            (held(i).await.ok()? >= 2.0).then_some(())
+        })
+        .await
+        .with_context(|| h.log_tail(i))?;
+    }
+    // Its log now names the mint, which the honest operators fetch and take certified.
+    *byz.answer.lock().expect("not poisoned") = encode(&RpcResponse {
+        log_len: 1,
+        log: vec![LogEntry {
+            event: mint.hash(),
+            round: 0,
+            signers: vec![0, 2, 3],
+        }],
+        events: vec![certified],
+        ..quiet.clone()
+    });
+    for i in 0..BYZANTINE {
+        poll_until(WAIT, "the mint certified by catch-up", || async {
+            h.client(i).event(&mint.hash()).await.ok()?.map(|_| ())
+        })
+        .await
+        .with_context(|| h.log_tail(i))?;
+        poll_until(WAIT, "no votes held", || async {
+            (held(i).await.ok()? == 0.0).then_some(())
+        })
+        .await
+        .with_context(|| h.log_tail(i))?;
+    }
+    *byz.answer.lock().expect("not poisoned") = encode(&quiet);
+    Ok(())
+}

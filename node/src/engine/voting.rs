@@ -408,11 +408,23 @@ impl Engine {
         // The slot is decided: forget its candidates (their waiters learn nothing more) and the
         // votes collected for them.
         let mut gone = vec![hash];
-        let mut rounds = 0;
-        if let Some(entry) = self.slots.remove(&(subject, height)) {
+        // Votes for the event that came before it and were held for it: it was certified
+        // without becoming a candidate here (its certificate came by catch-up or gossip before
+        // the event did). Witnessed by the slot, if there is one (a vote for it after one for a
+        // competitor is evidence), then dropped rather than held for ever.
+        let early = self.early_votes.remove(&hash).unwrap_or_default();
+        self.early_count -= early.len();
+        let mut rounds = early.iter().map(|(_, v)| v.round).max().unwrap_or(0);
+        let key = (subject, height);
+        if let Some(mut entry) = self.slots.remove(&key) {
             gone.extend(entry.slot.candidates().iter().copied());
-            rounds = entry.slot.round();
-            self.retired.retire((subject, height), entry.slot);
+            rounds = rounds.max(entry.slot.round());
+            let evidence: Vec<Action> = early
+                .into_iter()
+                .filter_map(|(op, v)| entry.slot.witness(op, v))
+                .collect();
+            self.act(key, evidence);
+            self.retired.retire(key, entry.slot);
         }
         for c in gone {
             self.candidates.remove(&c);
