@@ -190,7 +190,7 @@ fn dir_size(p: &std::path::Path) -> u64 {
 
 /// The steps of a submission the operators time (`hallmark_consensus_stage_seconds`, then the
 /// certificate), and the vote sync: (name in the results, metric series).
-const STAGES: [(&str, &str); 6] = [
+const STAGES: [(&str, &str); 7] = [
     (
         "admitted",
         "hallmark_consensus_stage_seconds_{}{stage=\"admitted\"}",
@@ -202,6 +202,10 @@ const STAGES: [(&str, &str); 6] = [
     (
         "polka",
         "hallmark_consensus_stage_seconds_{}{stage=\"polka\"}",
+    ),
+    (
+        "all_prevotes",
+        "hallmark_consensus_stage_seconds_{}{stage=\"all_prevotes\"}",
     ),
     (
         "own_commit_sent",
@@ -662,11 +666,15 @@ async fn drive(
         Some((m, syncs_per_s)) => {
             println!(
                 "where the time goes (means after submission, events submitted to each operator, from the operators' metrics): taken by its event loop {:.1} ms, own prevote sent {:.1}, polka {:.1}, own commit sent {:.1}, certificate {:.1}; at the client {client_mean:.1} (HTTP and the client: the rest)",
-                m[0], m[1], m[2], m[3], m[4]
+                m[0], m[1], m[2], m[4], m[5]
+            );
+            println!(
+                "every operator's prevote seen (or the certificate, if first): {:.1} ms, when a fast path on n round-0 prevotes would certify (not built: docs/consensus.md)",
+                m[3]
             );
             println!(
                 "vote sync (write + fsync of own votes): mean {:.2} ms, {syncs_per_s:.0} per s per operator",
-                m[5]
+                m[6]
             );
         }
         None => println!("where the time goes: not known (an operator's metrics did not answer)"),

@@ -191,6 +191,7 @@ fn a_short_run_certifies_what_it_submits_in_both_client_modes() -> Result<()> {
             "admitted",
             "own_prevote_sent",
             "polka",
+            "all_prevotes",
             "own_commit_sent",
             "certified",
             "vote_sync",

@@ -214,6 +214,19 @@ async fn each_submission_is_timed_through_its_stages_in_order() -> Result<()> {
         );
         previous = sum;
     }
+    // And when every operator's prevote was seen (or the certificate, if that came first):
+    // after the polka, no later than the certificate.
+    let stage =
+        |s: &str, what: &str| format!("hallmark_consensus_stage_seconds_{what}{{stage=\"{s}\"}}");
+    let all = h.metric(0, &stage("all_prevotes", "sum")).await?;
+    let polka = h.metric(0, &stage("polka", "sum")).await?;
+    let certified = h.metric(0, "hallmark_consensus_quorum_seconds_sum").await?;
+    let count = h.metric(0, &stage("all_prevotes", "count")).await?;
+    assert_eq!(count, 6.0, "all_prevotes: one per submitted event");
+    assert!(
+        polka <= all && all <= certified,
+        "{polka} / {all} / {certified}"
+    );
     Ok(())
 }
 

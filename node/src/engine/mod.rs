@@ -251,6 +251,8 @@ pub struct Engine {
     payment_checks: HashMap<EventHash, Vec<Reply>>,
     chain_tip: Option<u32>,
     submitted_at: HashMap<EventHash, Instant>,
+    /// Events submitted here whose round-0 prevotes from every operator have been seen.
+    all_prevoted: HashSet<EventHash>,
     locked_at: HashMap<hallmark_protocol::ItemId, Instant>,
     /// Item states (or their absence) as the store holds them, for the items read or written
     /// last: the loop is the store's only writer, so it keeps them exact, and validating and
@@ -310,6 +312,7 @@ impl Engine {
             payment_checks: HashMap::new(),
             chain_tip: None,
             submitted_at: HashMap::new(),
+            all_prevoted: HashSet::new(),
             locked_at: HashMap::new(),
             items: Fifo::new(ITEM_CACHE),
             batches: Fifo::new(BATCH_CACHE),

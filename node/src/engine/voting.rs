@@ -126,6 +126,7 @@ impl Engine {
             if let Some(key) = self.slot_of(&vote.event) {
                 keep_commit(self);
                 let actions = self.slot_entry(key).slot.add_vote(op, *vote);
+                self.note_all_prevotes(key, vote);
                 self.act(key, actions);
             } else if let Some(rank) = self.cfg.store.rank(&vote.event, &self.cfg.federation)? {
                 // A late commit vote improves the certificate only if it is of the same round
@@ -284,6 +285,26 @@ impl Engine {
     }
 
     /// A certified event (ours, gossiped, or caught up; certificate already verified).
+    /// Times the moment every operator's round-0 prevote for an event submitted here has been
+    /// seen (`all_prevotes`): when a fast path (certifying on `n` round-0 prevotes, see
+    /// `docs/consensus.md`) would certify it.
+    fn note_all_prevotes(&mut self, key: (Subject, u64), vote: &Vote) {
+        if vote.round != 0
+            || vote.phase != Phase::Prevote
+            || !self.submitted_at.contains_key(&vote.event)
+        {
+            return;
+        }
+        let n = self.slot_cfg.n;
+        let voters = self
+            .slot_entry(key)
+            .slot
+            .voters(0, Phase::Prevote, &vote.event);
+        if voters.len() == n && self.all_prevoted.insert(vote.event) {
+            self.stage_reached(&vote.event, "all_prevotes");
+        }
+    }
+
     pub(super) fn on_certified(&mut self, ce: CertifiedEvent) -> Result<(), StoreError> {
         self.certified(ce, true)
     }
@@ -375,6 +396,11 @@ impl Engine {
             .with_label_values(&[ce.event.body.kind.name()])
             .inc();
         metrics::LOG_LEN.inc();
+        // (An event certified before every operator's prevote reached this one: a fast path
+        // would have certified it no sooner.)
+        if !self.all_prevoted.remove(&hash) {
+            self.stage_reached(&hash, "all_prevotes");
+        }
         if let Some(t) = self.submitted_at.remove(&hash) {
             metrics::QUORUM_SECONDS.observe(t.elapsed().as_secs_f64());
         }
