@@ -284,7 +284,6 @@ impl Engine {
         certificate.attestations.iter().map(of).collect()
     }
 
-    /// A certified event (ours, gossiped, or caught up; certificate already verified).
     /// Times the moment every operator's round-0 prevote for an event submitted here has been
     /// seen (`all_prevotes`): when a fast path (certifying on `n` round-0 prevotes, see
     /// `docs/consensus.md`) would certify it.
@@ -305,6 +304,7 @@ impl Engine {
         }
     }
 
+    /// A certified event (ours, gossiped, or caught up; certificate already verified).
     pub(super) fn on_certified(&mut self, ce: CertifiedEvent) -> Result<(), StoreError> {
         self.certified(ce, true)
     }
