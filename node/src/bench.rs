@@ -669,7 +669,7 @@ async fn drive(
                 m[0], m[1], m[2], m[4], m[5]
             );
             println!(
-                "every operator's prevote seen (or the certificate, if first): {:.1} ms, when a fast path on n round-0 prevotes would certify (not built: docs/consensus.md)",
+                "every operator's prevote seen (or the certificate, if first): {:.1} ms, when a fast path on n round-0 prevotes would certify (not used by the node yet: docs/consensus.md)",
                 m[3]
             );
             println!(

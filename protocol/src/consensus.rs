@@ -21,6 +21,15 @@
 //! Liveness: a round in which no event can still reach `m` prevotes (the votes split) is left
 //! at once; a round that stalls otherwise is left on timeout; in later rounds unlocked operators
 //! all prevote the same deterministic choice.
+//!
+//! Fast decisions ([`SlotConfig::fast`], not used by the node yet): a prevote for `e` in round 0
+//! from all `n` operators decides `e` as well. Then unlocked operators without a polka choose,
+//! in later rounds, among the events with more than `f` of the round-0 prevotes of at least
+//! `n - f` operators (see [`Slot`]'s `fast_safe_choice`), which is always `e` after a fast
+//! decision; the lock and polka rules come first, so the argument above is unchanged. Liveness
+//! then needs every honest operator to see the same round-0 prevotes in the end (a Byzantine one
+//! can show its own to some only): the tests' network forwards every vote; the node does not
+//! relay yet.
 
 use std::collections::BTreeSet;
 
@@ -38,6 +47,16 @@ pub struct SlotConfig {
     pub n: usize,
     /// Faulty operators tolerated.
     pub f: usize,
+    /// Also decide on a *fast* quorum: a prevote for one event in round 0 from every operator
+    /// (`n >= 3f + 1` needed; ignored otherwise). Not used by the node yet: its certificates
+    /// hold commit votes only (see `docs/consensus.md`).
+    pub fast: bool,
+}
+
+impl SlotConfig {
+    fn fast(&self) -> bool {
+        self.fast && self.n > 3 * self.f
+    }
 }
 
 /// This operator's votes at one slot: persisted before any of them is sent, and reloaded on
@@ -89,12 +108,15 @@ impl OwnVotes {
 pub enum Action {
     /// Persist [`Slot::own`], then sign and send this vote.
     Vote(Vote),
-    /// `m` commits for `event` in `round`: the event is certified.
+    /// `m` commits for `event` in `round` (or, `fast`, a prevote for it in round 0 from every
+    /// operator): the event is certified.
     Decide {
         /// The event.
         event: EventHash,
         /// The round.
         round: u32,
+        /// Decided on round-0 prevotes from all `n` operators, not on `m` commits.
+        fast: bool,
     },
     /// An operator voted for two different events in one round and phase.
     Equivocation {
@@ -272,9 +294,9 @@ impl Slot {
             }
             // A certificate: m commits for one event in one round (the lowest such round, then
             // the lowest such event); and the latest polka (in a round, the lowest event).
-            let m = self.cfg.m;
-            let (mut decided, mut polka) = (None, self.polka);
-            for (r, phase, e, _) in groups(&self.votes).filter(|g| g.3 >= m) {
+            let (m, n) = (self.cfg.m, self.cfg.n);
+            let (mut decided, mut polka, mut fast) = (None, self.polka, None);
+            for (r, phase, e, count) in groups(&self.votes).filter(|g| g.3 >= m) {
                 match phase {
                     Phase::Commit => {
                         decided = Some((e, r));
@@ -283,11 +305,37 @@ impl Slot {
                     Phase::Prevote if polka.is_none_or(|(_, pr)| pr < r) => polka = Some((e, r)),
                     Phase::Prevote => {}
                 }
+                if r == 0 && phase == Phase::Prevote && count >= n && self.cfg.fast() {
+                    fast = Some(e);
+                }
             }
             self.polka = polka;
             if let Some((event, round)) = decided {
                 self.decided = Some((event, round));
-                actions.push(Action::Decide { event, round });
+                actions.push(Action::Decide {
+                    event,
+                    round,
+                    fast: false,
+                });
+                return actions;
+            }
+            if let Some(event) = fast {
+                self.decided = Some((event, 0));
+                actions.push(Action::Decide {
+                    event,
+                    round: 0,
+                    fast: true,
+                });
+                // The slow path goes on beside it: operators that missed a prevote still
+                // decide on commits.
+                let lock_allows = self.own.lock().is_none_or(|(le, _)| le == event);
+                if self.round == 0
+                    && self.own.committed(0).is_none()
+                    && lock_allows
+                    && self.candidates.contains(&event)
+                {
+                    self.cast(Vote::commit(event, 0), &mut actions);
+                }
                 return actions;
             }
             // Catch up with a later round that f + 1 operators (so one honest) are in.
@@ -337,8 +385,27 @@ impl Slot {
         }
         if self.round == 0 {
             self.first_seen
+        } else if self.cfg.fast() {
+            self.fast_safe_choice()
         } else {
             self.candidates.iter().next().copied()
+        }
+    }
+
+    /// With fast decisions, the choice of an operator with neither lock nor polka in a later
+    /// round: once the round-0 prevotes of `n - f` operators are known, the lowest event with
+    /// at least `f + 1` of them, else the lowest candidate. If an event was decided fast, every
+    /// `n - f` of its round-0 prevotes hold at least `n - 2f > f` for it and at most `f` (the
+    /// faulty, counted for each event they voted for) for any other: every honest operator
+    /// picks it, so no other event ever gets a polka.
+    fn fast_safe_choice(&self) -> Option<EventHash> {
+        let run = self.run(0, Phase::Prevote);
+        if distinct_operators(run) < self.cfg.n - self.cfg.f {
+            return None;
+        }
+        match groups(run).find(|g| g.3 > self.cfg.f) {
+            Some((_, _, e, _)) => self.candidates.contains(&e).then_some(e),
+            None => self.candidates.iter().next().copied(),
         }
     }
 

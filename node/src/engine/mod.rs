@@ -272,6 +272,7 @@ impl Engine {
             m: q.m() as usize,
             n: q.n() as usize,
             f: cfg.federation.params().max_faulty as usize,
+            fast: false,
         };
         Self {
             cfg,

@@ -57,7 +57,7 @@ impl Engine {
                     self.out_votes.push(v);
                     self.dirty.insert(key);
                 }
-                Action::Decide { event, round } => {
+                Action::Decide { event, round, .. } => {
                     let r = if self.cp_candidates.contains_key(&event) {
                         self.certify_checkpoint(event, round)
                     } else {

@@ -1,7 +1,14 @@
 use super::*;
 use proptest::prelude::*;
 
-const CFG: SlotConfig = SlotConfig { m: 3, n: 4, f: 1 };
+const CFG: SlotConfig = SlotConfig {
+    m: 3,
+    n: 4,
+    f: 1,
+    fast: false,
+};
+/// The same federation deciding on round-0 prevotes from all four too.
+const FAST: SlotConfig = SlotConfig { fast: true, ..CFG };
 const A: EventHash = EventHash([0xaa; 32]);
 const B: EventHash = EventHash([0xbb; 32]);
 
@@ -10,22 +17,30 @@ const B: EventHash = EventHash([0xbb; 32]);
 /// vote it sees for the first time to the others (a harsher schedule than the node's, where only
 /// the voter sends its votes: the test explores more interleavings).
 struct Net {
+    cfg: SlotConfig,
     slots: Vec<Slot>,
     seen: Vec<BTreeSet<(usize, EventHash, u32, Phase)>>,
     queue: Vec<(usize, usize, Vote)>,
     decisions: Vec<Option<(EventHash, u32)>>,
+    fast_decisions: usize,
     equivocations: usize,
 }
 
 impl Net {
     fn new(honest: usize) -> Self {
+        Self::with(CFG, honest)
+    }
+
+    fn with(cfg: SlotConfig, honest: usize) -> Self {
         Self {
+            cfg,
             slots: (0..honest)
-                .map(|i| Slot::new(CFG, Some(i), OwnVotes::default()))
+                .map(|i| Slot::new(cfg, Some(i), OwnVotes::default()))
                 .collect(),
             seen: vec![BTreeSet::new(); honest],
             queue: Vec::new(),
             decisions: vec![None; honest],
+            fast_decisions: 0,
             equivocations: 0,
         }
     }
@@ -34,15 +49,16 @@ impl Net {
         for a in actions {
             match a {
                 Action::Vote(v) => {
-                    for j in 0..CFG.n {
+                    for j in 0..self.cfg.n {
                         if j != i {
                             self.queue.push((j, i, v));
                         }
                     }
                 }
-                Action::Decide { event, round } => {
+                Action::Decide { event, round, fast } => {
                     assert!(self.decisions[i].is_none(), "decided twice");
                     self.decisions[i] = Some((event, round));
+                    self.fast_decisions += usize::from(fast);
                 }
                 Action::Equivocation { .. } => self.equivocations += 1,
             }
@@ -57,7 +73,7 @@ impl Net {
     fn deliver(&mut self, k: usize) {
         let (to, from, v) = self.queue.remove(k);
         if to < self.slots.len() && self.seen[to].insert((from, v.event, v.round, v.phase)) {
-            for j in 0..CFG.n {
+            for j in 0..self.cfg.n {
                 if j != to && j != from {
                     self.queue.push((j, from, v));
                 }
@@ -230,6 +246,56 @@ fn arb_step() -> impl Strategy<Value = Step> {
     ]
 }
 
+#[test]
+fn every_prevote_in_round_zero_decides_fast_and_commits_still_go_out() {
+    let mut net = Net::with(FAST, 4);
+    for i in 0..4 {
+        net.candidate(i, A);
+    }
+    net.drain();
+    assert!(net.decisions.iter().all(|d| *d == Some((A, 0))));
+    assert_eq!(
+        net.fast_decisions, 4,
+        "every prevote arrived before the commits"
+    );
+    for s in &net.slots {
+        assert_eq!(s.own().commits, vec![(0, A)]);
+    }
+    // Without the fast path the same run decides on commits.
+    let mut net = Net::new(4);
+    for i in 0..4 {
+        net.candidate(i, A);
+    }
+    net.drain();
+    assert!(net.decisions.iter().all(|d| *d == Some((A, 0))));
+    assert_eq!(net.fast_decisions, 0);
+}
+
+#[test]
+fn with_fast_decisions_a_later_round_waits_for_the_round_zero_prevotes() {
+    // Operator 0 saw B first and A (the lower hash) later; two operators are in round 1 with A.
+    let later_round = |cfg| {
+        let mut s = Slot::new(cfg, Some(0), OwnVotes::default());
+        s.add_candidate(B);
+        s.add_candidate(A);
+        s.add_vote(1, Vote::prevote(B, 0));
+        s.add_vote(1, Vote::prevote(A, 1));
+        let a = s.add_vote(2, Vote::prevote(A, 1));
+        assert_eq!(s.round(), 1);
+        (s, a)
+    };
+    // Without the fast path it prevotes the lowest candidate at once.
+    // (With the two others' prevotes that is a polka: it commits too.)
+    let (_, a) = later_round(CFG);
+    assert_eq!(a.first(), Some(&Action::Vote(Vote::prevote(A, 1))));
+    // With it, B might have been decided on four round-0 prevotes: it waits until it knows the
+    // round-0 prevotes of n - f = 3 operators, and B has f + 1 = 2 of them, so B.
+    let (mut s, a) = later_round(FAST);
+    assert_eq!(a, vec![]);
+    let a = s.add_vote(2, Vote::prevote(B, 0));
+    assert_eq!(a, vec![Action::Vote(Vote::prevote(B, 1))]);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(400))]
 
@@ -240,7 +306,30 @@ proptest! {
     /// rounds time out, every honest operator decides.
     #[test]
     fn at_most_one_event_is_decided(orders in prop::collection::vec(any::<bool>(), 3), steps in prop::collection::vec(arb_step(), 0..200)) {
-        let mut net = Net::new(3);
+        one_event_at_most(CFG, &orders, steps)?;
+    }
+
+    /// The same with fast decisions (a prevote from all four in round 0) beside the commits.
+    #[test]
+    fn at_most_one_event_is_decided_with_fast_decisions(orders in prop::collection::vec(any::<bool>(), 3), steps in prop::collection::vec(arb_step(), 0..200)) {
+        one_event_at_most(FAST, &orders, steps)?;
+    }
+
+    /// ... and with every honest operator seeing A first, so that fast decisions are common:
+    /// the Byzantine operator's votes (any, to anyone) decide whether all four prevotes meet.
+    #[test]
+    fn a_fast_decision_is_never_overturned(steps in prop::collection::vec(arb_step(), 0..200)) {
+        one_event_at_most(FAST, &[true; 3], steps)?;
+    }
+}
+
+fn one_event_at_most(
+    cfg: SlotConfig,
+    orders: &[bool],
+    steps: Vec<Step>,
+) -> Result<(), TestCaseError> {
+    {
+        let mut net = Net::with(cfg, 3);
         for (i, a_first) in orders.iter().enumerate() {
             let (x, y) = if *a_first { (A, B) } else { (B, A) };
             net.candidate(i, x);
@@ -251,9 +340,16 @@ proptest! {
                 Step::Deliver(k) if !net.queue.is_empty() => net.deliver(k % net.queue.len()),
                 Step::Deliver(_) => {}
                 Step::Timeout(i) => net.timeout(i),
-                Step::Byzantine { to, vote: (a, round, commit) } => {
+                Step::Byzantine {
+                    to,
+                    vote: (a, round, commit),
+                } => {
                     let e = if a { A } else { B };
-                    let v = if commit { Vote::commit(e, round) } else { Vote::prevote(e, round) };
+                    let v = if commit {
+                        Vote::commit(e, round)
+                    } else {
+                        Vote::prevote(e, round)
+                    };
                     net.queue.push((to, 3, v));
                 }
             }
@@ -268,14 +364,32 @@ proptest! {
             }
         }
         net.drain();
-        let decided: BTreeSet<EventHash> = net.decisions.iter().flatten().map(|(e, _)| *e).collect();
-        prop_assert!(decided.len() <= 1, "conflicting decisions {:?}", net.decisions);
-        prop_assert!(net.decisions.iter().all(Option::is_some), "not live: {:?}", net.decisions);
+        let decided: BTreeSet<EventHash> =
+            net.decisions.iter().flatten().map(|(e, _)| *e).collect();
+        prop_assert!(
+            decided.len() <= 1,
+            "conflicting decisions {:?}",
+            net.decisions
+        );
+        prop_assert!(
+            net.decisions.iter().all(Option::is_some),
+            "not live: {:?}",
+            net.decisions
+        );
         for s in &net.slots {
             let rounds: BTreeSet<u32> = s.own().prevotes.iter().map(|(r, _)| *r).collect();
-            prop_assert_eq!(rounds.len(), s.own().prevotes.len(), "two prevotes in one round");
+            prop_assert_eq!(
+                rounds.len(),
+                s.own().prevotes.len(),
+                "two prevotes in one round"
+            );
             let rounds: BTreeSet<u32> = s.own().commits.iter().map(|(r, _)| *r).collect();
-            prop_assert_eq!(rounds.len(), s.own().commits.len(), "two commits in one round");
+            prop_assert_eq!(
+                rounds.len(),
+                s.own().commits.len(),
+                "two commits in one round"
+            );
         }
     }
+    Ok(())
 }
