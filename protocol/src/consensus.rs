@@ -25,7 +25,7 @@
 //! Fast decisions ([`SlotConfig::fast`], not used by the node yet): a prevote for `e` in round 0
 //! from all `n` operators decides `e` as well. Then unlocked operators without a polka choose,
 //! in later rounds, among the events with more than `f` of the round-0 prevotes of at least
-//! `n - f` operators (see [`Slot`]'s `fast_safe_choice`), which is always `e` after a fast
+//! `2f + 1` operators (see [`Slot`]'s `fast_safe_choice`), which is always `e` after a fast
 //! decision; the lock and polka rules come first, so the argument above is unchanged. Liveness
 //! then needs every honest operator to see the same round-0 prevotes in the end (a Byzantine one
 //! can show its own to some only): the tests' network forwards every vote; the node does not
@@ -393,14 +393,16 @@ impl Slot {
     }
 
     /// With fast decisions, the choice of an operator with neither lock nor polka in a later
-    /// round: once the round-0 prevotes of `n - f` operators are known, the lowest event with
-    /// at least `f + 1` of them, else the lowest candidate. If an event was decided fast, every
-    /// `n - f` of its round-0 prevotes hold at least `n - 2f > f` for it and at most `f` (the
-    /// faulty, counted for each event they voted for) for any other: every honest operator
-    /// picks it, so no other event ever gets a polka.
+    /// round: once the round-0 prevotes of `2f + 1` operators are known, the lowest event with
+    /// at least `f + 1` of them, else the lowest candidate. If an event was decided fast, any
+    /// `2f + 1` of the round-0 prevoters hold at least `f + 1` honest ones, all for it, and at
+    /// most `f` (the faulty, counted for each event they voted for) for any other: every honest
+    /// operator picks it, so no other event ever gets a polka. (Not `n - f`: round 0 is left
+    /// once `m` operators prevoted in it, and `m >= 2f + 1`, but `m` may be below `n - f`, and
+    /// the others may never prevote in round 0.)
     fn fast_safe_choice(&self) -> Option<EventHash> {
         let run = self.run(0, Phase::Prevote);
-        if distinct_operators(run) < self.cfg.n - self.cfg.f {
+        if distinct_operators(run) < 2 * self.cfg.f + 1 {
             return None;
         }
         match groups(run).find(|g| g.3 > self.cfg.f) {

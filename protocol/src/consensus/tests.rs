@@ -289,11 +289,52 @@ fn with_fast_decisions_a_later_round_waits_for_the_round_zero_prevotes() {
     let (_, a) = later_round(CFG);
     assert_eq!(a.first(), Some(&Action::Vote(Vote::prevote(A, 1))));
     // With it, B might have been decided on four round-0 prevotes: it waits until it knows the
-    // round-0 prevotes of n - f = 3 operators, and B has f + 1 = 2 of them, so B.
+    // round-0 prevotes of 2f + 1 = 3 operators, and B has f + 1 = 2 of them, so B.
     let (mut s, a) = later_round(FAST);
     assert_eq!(a, vec![]);
     let a = s.add_vote(2, Vote::prevote(B, 0));
     assert_eq!(a, vec![Action::Vote(Vote::prevote(B, 1))]);
+}
+
+#[test]
+fn with_fast_decisions_a_federation_where_m_is_below_n_minus_f_stays_live() {
+    // 4-of-6, f = 1: round 0 is left once 4 operators prevoted in it, so the round-0 prevotes of
+    // n - f = 5 may never exist.
+    let cfg = SlotConfig {
+        m: 4,
+        n: 6,
+        f: 1,
+        fast: true,
+    };
+    let mut net = Net::with(cfg, 6);
+    // The owner equivocated: three operators have A, one B, two nothing yet.
+    for i in 0..3 {
+        net.candidate(i, A);
+    }
+    net.candidate(3, B);
+    net.drain();
+    assert!(net.decisions.iter().all(Option::is_none));
+    for i in 0..6 {
+        net.timeout(i);
+    }
+    // Then every operator learns both events; rounds time out until all decide.
+    net.candidate(3, A);
+    for i in 4..6 {
+        net.candidate(i, A);
+        net.candidate(i, B);
+    }
+    for _ in 0..10 {
+        net.drain();
+        for i in 0..6 {
+            net.timeout(i);
+        }
+    }
+    net.drain();
+    assert!(
+        net.decisions.iter().all(|d| *d == Some((A, 1))),
+        "{:?}",
+        net.decisions
+    );
 }
 
 proptest! {
