@@ -327,11 +327,9 @@ impl Slot {
                     fast: true,
                 });
                 // The slow path goes on beside it: operators that missed a prevote still
-                // decide on commits.
-                let lock_allows = self.own.lock().is_none_or(|(le, _)| le == event);
+                // decide on commits. (In round 0 without a commit there is no lock yet.)
                 if self.round == 0
                     && self.own.committed(0).is_none()
-                    && lock_allows
                     && self.candidates.contains(&event)
                 {
                     self.cast(Vote::commit(event, 0), &mut actions);

@@ -168,6 +168,29 @@ async fn certified_everywhere(h: &Harness, item: &ItemId) -> Result<EventHash> {
     .await
 }
 
+/// Waits until all four operators hold as many events as operator 0 holds now.
+async fn all_hold_what_operator_0_holds(h: &Harness, what: &str) -> Result<()> {
+    let log_len = h.client(0).info().await?["log_len"].clone();
+    for i in 0..4 {
+        poll_until(WAIT, what, || async {
+            (h.client(i).info().await.ok()?["log_len"] == log_len).then_some(())
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// A catch-up response naming nothing: an empty log.
+fn empty_log() -> RpcResponse {
+    RpcResponse {
+        log_len: 0,
+        events: Vec::new(),
+        next_checkpoint: 0,
+        checkpoints: Vec::new(),
+        log: Vec::new(),
+    }
+}
+
 /// Registers `maker` as a manufacturer.
 async fn register(c: &Client, maker: &Author) -> Result<()> {
     c.submit(
@@ -253,13 +276,8 @@ async fn a_byzantine_operator_fools_nobody_and_is_disconnected() -> Result<()> {
     let fake_item = ItemId::new(&ManufacturerId::of(&forger.key.public_key()), "FAKE-1");
     // Every operator holds the mint before operator 3 is replaced (the one asked answers first;
     // the others certify a moment later).
+    all_hold_what_operator_0_holds(&h, "the mint certified everywhere").await?;
     let log_len = c.info().await?["log_len"].clone();
-    for i in 0..4 {
-        poll_until(WAIT, "the mint certified everywhere", || async {
-            (h.client(i).info().await.ok()?["log_len"] == log_len).then_some(())
-        })
-        .await?;
-    }
     let byz = impersonate(&mut h, forged).await?;
 
     // 1. Forged catch-up responses are refused (and counted against the sender).
@@ -276,13 +294,7 @@ async fn a_byzantine_operator_fools_nobody_and_is_disconnected() -> Result<()> {
     }
     // From here on it serves an empty log: every forged answer is an offence, and enough of
     // them would get it banned before the steps below.
-    let quiet = encode(&RpcResponse {
-        log_len: 0,
-        events: Vec::new(),
-        next_checkpoint: 0,
-        checkpoints: Vec::new(),
-        log: Vec::new(),
-    });
+    let quiet = encode(&empty_log());
     *byz.answer.lock().expect("not poisoned") = quiet.clone();
 
     // 2. Equivocation: operator 3 prevotes and commits two conflicting transfers of one item,
@@ -448,13 +460,7 @@ async fn votes_held_for_an_event_go_when_its_certificate_comes_first() -> Result
     let mut h = Harness::start(BIN, 4, 3).await?;
     let (maker, owner) = (h.author(), h.author());
     register(&h.client(0), &maker).await?;
-    let log_len = h.client(0).info().await?["log_len"].clone();
-    for i in 0..4 {
-        poll_until(WAIT, "the registration certified everywhere", || async {
-            (h.client(i).info().await.ok()?["log_len"] == log_len).then_some(())
-        })
-        .await?;
-    }
+    all_hold_what_operator_0_holds(&h, "the registration certified everywhere").await?;
     // A mint nobody submits, with a real certificate: commit votes signed with the keys of
     // operators 0, 2 and 3 (a quorum).
     let mint = maker.event(
@@ -481,14 +487,7 @@ async fn votes_held_for_an_event_go_when_its_certificate_comes_first() -> Result
         },
     };
     certified.verify(&h.federation)?;
-    let quiet = RpcResponse {
-        log_len: 0,
-        events: Vec::new(),
-        next_checkpoint: 0,
-        checkpoints: Vec::new(),
-        log: Vec::new(),
-    };
-    let byz = impersonate(&mut h, quiet.clone()).await?;
+    let byz = impersonate(&mut h, empty_log()).await?;
     // Operator 3's votes for the mint, without the mint: held by every honest operator.
     let votes = vec![Vote::prevote(mint.hash(), 0), commit];
     byz.gossip(&h, Vec::new(), votes, 0).await?;
@@ -509,7 +508,7 @@ async fn votes_held_for_an_event_go_when_its_certificate_comes_first() -> Result
             signers: vec![0, 2, 3],
         }],
         events: vec![certified],
-        ..quiet.clone()
+        ..empty_log()
     });
     for i in 0..BYZANTINE {
         poll_until(WAIT, "the mint certified by catch-up", || async {
@@ -523,6 +522,6 @@ async fn votes_held_for_an_event_go_when_its_certificate_comes_first() -> Result
         .await
         .with_context(|| h.log_tail(i))?;
     }
-    *byz.answer.lock().expect("not poisoned") = encode(&quiet);
+    *byz.answer.lock().expect("not poisoned") = encode(&empty_log());
     Ok(())
 }

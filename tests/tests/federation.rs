@@ -198,10 +198,8 @@ async fn each_submission_is_timed_through_its_stages_in_order() -> Result<()> {
     // counts the six, and the times after submission (each event's reached in this order) give
     // means in the same order.
     let steps = ["admitted", "prevote_sent", "polka", "commit_sent"];
-    let mut series: Vec<String> = steps
-        .iter()
-        .map(|s| format!("hallmark_consensus_stage_seconds_{{}}{{stage=\"{s}\"}}"))
-        .collect();
+    let stage = |s: &str| format!("hallmark_consensus_stage_seconds_{{}}{{stage=\"{s}\"}}");
+    let mut series: Vec<String> = steps.iter().map(|s| stage(s)).collect();
     series.push("hallmark_consensus_quorum_seconds_{}".into());
     let mut previous = 0.0;
     for s in &series {
@@ -216,12 +214,14 @@ async fn each_submission_is_timed_through_its_stages_in_order() -> Result<()> {
     }
     // And when every operator's prevote was seen (or the certificate, if that came first):
     // after the polka, no later than the certificate.
-    let stage =
-        |s: &str, what: &str| format!("hallmark_consensus_stage_seconds_{what}{{stage=\"{s}\"}}");
-    let all = h.metric(0, &stage("all_prevotes", "sum")).await?;
-    let polka = h.metric(0, &stage("polka", "sum")).await?;
+    let all = h
+        .metric(0, &stage("all_prevotes").replace("{}", "sum"))
+        .await?;
+    let polka = h.metric(0, &stage("polka").replace("{}", "sum")).await?;
     let certified = h.metric(0, "hallmark_consensus_quorum_seconds_sum").await?;
-    let count = h.metric(0, &stage("all_prevotes", "count")).await?;
+    let count = h
+        .metric(0, &stage("all_prevotes").replace("{}", "count"))
+        .await?;
     assert_eq!(count, 6.0, "all_prevotes: one per submitted event");
     assert!(
         polka <= all && all <= certified,

@@ -294,12 +294,10 @@ impl Engine {
         {
             return;
         }
-        let n = self.slot_cfg.n;
-        let voters = self
-            .slot_entry(key)
-            .slot
-            .voters(0, Phase::Prevote, &vote.event);
-        if voters.len() == n && self.all_prevoted.insert(vote.event) {
+        let all = self.slots.get(&key).is_some_and(|e| {
+            e.slot.voters(0, Phase::Prevote, &vote.event).len() == self.slot_cfg.n
+        });
+        if all && self.all_prevoted.insert(vote.event) {
             self.stage_reached(&vote.event, "all_prevotes");
         }
     }
