@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use hallmark_protocol::{
     CertifiedEvent, Event, EventHash, EventKind, Federation, ItemId, ItemStatus, ManufacturerId,
-    PublicKey,
+    Phase, PublicKey,
 };
 use serde_json::json;
 
@@ -246,12 +246,16 @@ pub fn key(opts: &ClientOpts, cmd: &KeyCmd) -> Result<()> {
 }
 
 fn certified_line(ce: &CertifiedEvent, fed: &Federation) -> String {
+    let c = &ce.certificate;
+    let how = match c.phase {
+        Phase::Prevote => "fast: every operator's first vote".to_string(),
+        Phase::Commit => format!("commit votes, round {}", c.round),
+    };
     format!(
-        "event {} certified by {} of {} operators (round {})",
-        ce.certificate.event,
-        ce.certificate.attestations.len(),
+        "event {} certified by {} of {} operators ({how})",
+        c.event,
+        c.attestations.len(),
         fed.quorum().n(),
-        ce.certificate.round
     )
 }
 

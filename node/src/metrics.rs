@@ -18,7 +18,7 @@ metric!(REJECTED: IntCounterVec = register_int_counter_vec!("hallmark_events_rej
 metric!(EQUIVOCATIONS: IntCounter = register_int_counter!("hallmark_consensus_equivocations_total", "Operators seen voting for two events in one round"));
 metric!(CONFLICTING_CERTIFICATES: IntCounter = register_int_counter!("hallmark_consensus_conflicting_certificates_total", "Certified events that conflict with the local chain (should stay 0)"));
 metric!(PENDING_SLOTS: IntGauge = register_int_gauge!("hallmark_consensus_pending_slots", "Slots being voted on"));
-metric!(HELD_VOTES: IntGauge = register_int_gauge!("hallmark_consensus_held_votes", "Votes held in memory for events not decided here yet (commit attestations and early votes)"));
+metric!(HELD_VOTES: IntGauge = register_int_gauge!("hallmark_consensus_held_votes", "Votes held in memory for events not decided here yet (commit attestations, round-0 prevotes for fast certificates, and early votes)"));
 metric!(VOTE_BATCH_SIZE: Histogram = register_histogram!("hallmark_consensus_vote_batch_size", "Votes per signed batch", vec![1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0]));
 metric!(HTTP_REQUESTS: IntCounterVec = register_int_counter_vec!("hallmark_http_requests_total", "HTTP requests by route and status", &["route", "status"]));
 metric!(HTTP_RATE_LIMITED: IntCounter = register_int_counter!("hallmark_http_rate_limited_total", "HTTP requests refused because their client exceeded its rate"));
@@ -34,9 +34,9 @@ metric!(CHAIN_TIP: IntGauge = register_int_gauge!("hallmark_anchor_chain_tip_hei
 metric!(VALIDATION_SECONDS: Histogram = register_histogram!("hallmark_events_validation_seconds", "Time to validate an event against the certified state", vec![0.00001, 0.00003, 0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03]));
 metric!(LOOP_SECONDS: Histogram = register_histogram!("hallmark_consensus_loop_iteration_seconds", "Work of one event-loop iteration: inputs handled, votes persisted and sent, events certified (waits for inputs excluded)", vec![0.0001, 0.0003, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5]));
 metric!(VOTE_SYNC_SECONDS: Histogram = register_histogram!("hallmark_consensus_vote_sync_seconds", "Time to write and fsync one flush of this operator's own votes, which the event loop waits for before sending them", vec![0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05]));
-metric!(STAGE_SECONDS: HistogramVec = register_histogram_vec!("hallmark_consensus_stage_seconds", "Submission to each step of round 0, for events submitted to this operator: admitted (taken by the event loop), prevote_sent (own prevote synced, signed and sent), polka (own commit cast: a quorum of prevotes seen), all_prevotes (every operator's prevote seen, or the certificate if that came first: when a fast path would certify), commit_sent (own commit synced, signed and sent); the certificate is hallmark_consensus_quorum_seconds", &["stage"], vec![0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.05, 0.1, 0.5]));
+metric!(STAGE_SECONDS: HistogramVec = register_histogram_vec!("hallmark_consensus_stage_seconds", "Submission to each step of round 0, for events submitted to this operator: admitted (taken by the event loop), prevote_sent (own prevote synced, signed and sent), polka (own commit cast: a quorum of prevotes seen), all_prevotes (every operator's round-0 prevote seen, or the certificate if that came first: a fast certificate), commit_sent (own commit synced, signed and sent); polka and commit_sent only when reached before the certificate; the certificate is hallmark_consensus_quorum_seconds", &["stage"], vec![0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.05, 0.1, 0.5]));
 metric!(QUORUM_SECONDS: Histogram = register_histogram!("hallmark_consensus_quorum_seconds", "Submission (the API's receipt) to certificate, for events submitted to this operator", vec![0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0]));
-metric!(SIGNATURES: IntCounterVec = register_int_counter_vec!("hallmark_signatures_checked_total", "Signatures checked, by kind (author, operator_batch, certificate) and result (valid, invalid)", &["kind", "result"]));
+metric!(SIGNATURES: IntCounterVec = register_int_counter_vec!("hallmark_signatures_checked_total", "Signatures checked, by kind (author, operator_batch, operator_relayed, certificate) and result (valid, invalid)", &["kind", "result"]));
 metric!(PARTICIPATION: IntCounterVec = register_int_counter_vec!("hallmark_consensus_votes_received_total", "Votes received, by operator index", &["operator"]));
 metric!(ROUND_CHANGES: IntCounter = register_int_counter!("hallmark_consensus_round_changes_total", "Slots decided after round 0 (split or stalled votes: quorum failures of round 0)"));
 metric!(SETTLEMENTS: IntCounterVec = register_int_counter_vec!("hallmark_sale_settlements_total", "Sale outcomes certified (settled, expired) and payment checks refused", &["outcome"]));
@@ -44,11 +44,13 @@ metric!(SETTLE_SECONDS: Histogram = register_histogram!("hallmark_sale_settlemen
 metric!(ANCHOR_DELAY_SECONDS: Histogram = register_histogram!("hallmark_anchor_confirmation_delay_seconds", "Checkpoint final to its anchor seen confirmed", vec![1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 3600.0]));
 metric!(STORE_BYTES: IntGauge = register_int_gauge!("hallmark_store_size_bytes", "RocksDB SST bytes on disk"));
 metric!(CERTIFICATES_STORED: IntCounterVec = register_int_counter_vec!("hallmark_store_certificates_written_total", "Certificates written, by form (batched: by reference into stored vote batches; whole) and cause (certified; improved: replaced by a better-ranked one)", &["form", "cause"]));
+metric!(CERTIFIED_BY_PHASE: IntCounterVec = register_int_counter_vec!("hallmark_consensus_certified_by_phase_total", "Events certified here, by the votes of the certificate first applied: prevote (fast: every operator's round-0 prevote) or commit (a quorum of commits)", &["phase"]));
 metric!(LOG_LEN: IntGauge = register_int_gauge!("hallmark_store_log_events", "Certified events in this operator's log"));
 
 /// Registers every metric so all appear from the start.
 pub fn register() {
     LazyLock::force(&CERTIFIED);
+    LazyLock::force(&CERTIFIED_BY_PHASE);
     LazyLock::force(&REJECTED);
     LazyLock::force(&EQUIVOCATIONS);
     LazyLock::force(&CONFLICTING_CERTIFICATES);

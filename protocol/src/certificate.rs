@@ -13,7 +13,10 @@
 //!
 //! A [`Certificate`] for an event holds, from at least `m` distinct operators, that operator's
 //! batch signature and the path from the event's commit leaf to the batch root. Operators batch
-//! independently, so each attestation carries its own path.
+//! independently, so each attestation carries its own path. A *fast* certificate holds instead
+//! the round-0 prevotes of all `n` operators: when every operator prevoted the
+//! same event first, no other event can ever be certified at its height (`docs/consensus.md`),
+//! and the commit phase is not waited for.
 
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +39,10 @@ pub enum Phase {
 }
 
 impl Phase {
+    fn commit() -> Self {
+        Self::Commit
+    }
+
     fn byte(self) -> u8 {
         match self {
             Self::Prevote => 0,
@@ -257,24 +264,32 @@ impl Attestation {
 }
 
 /// Where a certificate stands among the valid certificates of its event ([`Certificate::rank`]):
-/// its round, then its signers' operator indices ascending; smaller is preferred.
-pub type Rank = (u32, Vec<usize>);
+/// its round, then its phase (fast, on prevotes, first), then its signers' operator indices
+/// ascending; smaller is preferred.
+pub type Rank = (u32, Phase, Vec<usize>);
 
-/// Proof that a quorum of the federation committed to an event: `m` commit votes.
+/// Proof that the federation certified an event: `m` commit votes, or (fast) the round-0
+/// prevotes of all `n` operators.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Certificate {
     /// The event.
     pub event: EventHash,
-    /// The round it was certified in.
+    /// The round it was certified in (0 for a fast certificate).
     pub round: u32,
-    /// At least `m` attestations from distinct members, ordered by operator index.
+    /// The phase of the votes it holds: [`Phase::Commit`] (`m` commits, the slow path) or
+    /// [`Phase::Prevote`] (fast: round-0 prevotes of every operator). Commit where absent
+    /// (self-describing formats such as JSON: certificates from before fast ones).
+    #[serde(default = "Phase::commit")]
+    pub phase: Phase,
+    /// The attestations of distinct members, ordered by operator index: `m` commits, or `n`
+    /// prevotes.
     pub attestations: Vec<Attestation>,
 }
 
 impl Certificate {
-    /// Builds a certificate from attestations of the commit vote `vote` (already verified by
-    /// the caller), keeping the
-    /// `m` of lowest operator index, each with its canonical path
+    /// Builds a certificate from attestations of `vote` (already verified by the caller): a
+    /// commit vote, of which it keeps the `m` of lowest operator index, or a round-0 prevote,
+    /// of which it needs all `n` (a fast certificate); each with its canonical path
     /// ([`InclusionProof::canonical`]), so that every operator that holds the same attestations
     /// builds byte-identical certificates.
     pub fn assemble(
@@ -288,8 +303,7 @@ impl Certificate {
             .collect();
         by_index.sort_by_key(|(i, _)| *i);
         by_index.dedup_by_key(|(i, _)| *i);
-        debug_assert_eq!(vote.phase, Phase::Commit, "certificates hold commit votes");
-        let need = federation.quorum().m() as usize;
+        let need = Self::needs(federation, vote)?;
         if by_index.len() < need {
             return Err(CertificateError::TooFewSignatures {
                 have: by_index.len(),
@@ -299,6 +313,7 @@ impl Certificate {
         Ok(Self {
             event: vote.event,
             round: vote.round,
+            phase: vote.phase,
             attestations: by_index
                 .into_iter()
                 .take(need)
@@ -310,35 +325,59 @@ impl Certificate {
         })
     }
 
-    /// This certificate with `extra` attestations of the same commit vote (already verified by
-    /// the caller) merged in, reassembled in canonical form ([`Certificate::assemble`]); itself
+    /// How many attestations of `vote` a certificate needs: `m` commits, or the round-0
+    /// prevotes of all `n` operators. (Fast certificates need `n >= 3f + 1`, which every valid
+    /// federation has: `f <= n - m` and `2f <= m - 1` add up to it.)
+    fn needs(federation: &Federation, vote: Vote) -> Result<usize, CertificateError> {
+        let quorum = federation.quorum();
+        match (vote.phase, vote.round) {
+            (Phase::Commit, _) => Ok(quorum.m() as usize),
+            (Phase::Prevote, 0) => Ok(quorum.n() as usize),
+            (Phase::Prevote, _) => Err(CertificateError::NotFast),
+        }
+    }
+
+    /// The vote whose attestations this certificate holds.
+    pub fn vote(&self) -> Vote {
+        Vote {
+            event: self.event,
+            round: self.round,
+            phase: self.phase,
+        }
+    }
+
+    /// This certificate with `extra` attestations of the same vote (already verified by the
+    /// caller) merged in, reassembled in canonical form ([`Certificate::assemble`]); itself
     /// unchanged if they do not assemble.
     pub fn merged_with(
         &self,
         federation: &Federation,
         extra: impl IntoIterator<Item = Attestation>,
     ) -> Certificate {
-        let vote = Vote::commit(self.event, self.round);
         let all = self.attestations.iter().cloned().chain(extra);
-        Self::assemble(federation, vote, all).unwrap_or_else(|_| self.clone())
+        Self::assemble(federation, self.vote(), all).unwrap_or_else(|_| self.clone())
     }
 
     /// Orders the valid certificates of one event so that operators settle on the same one:
-    /// the lowest round first, then the lowest operator indices (smaller is preferred).
+    /// the lowest round first, then fast before commit certificates (every operator that saw
+    /// all round-0 prevotes holds the same fast one, and the others get it at catch-up), then
+    /// the lowest operator indices (smaller is preferred).
     pub fn rank(&self, federation: &Federation) -> Rank {
         let indices = self
             .attestations
             .iter()
             .map(|a| federation.operator_index(&a.operator).unwrap_or(usize::MAX))
             .collect();
-        (self.round, indices)
+        (self.round, self.phase, indices)
     }
 
-    /// Verifies the certificate: every attestation a commit vote from a distinct member with
-    /// a valid path and signature, and at least `m` of them. Any bad attestation rejects the whole
+    /// Verifies the certificate: every attestation a vote of its phase from a distinct member
+    /// with a valid path and signature, and at least `m` of them (commits) or all `n` (round-0
+    /// prevotes). Any bad attestation rejects the whole
     /// certificate.
     pub fn verify(&self, federation: &Federation) -> Result<(), CertificateError> {
-        let vote = Vote::commit(self.event, self.round);
+        let vote = self.vote();
+        let need = Self::needs(federation, vote)?;
         let mut seen = vec![false; federation.operator_ids().len()];
         for a in &self.attestations {
             let index = federation
@@ -349,7 +388,6 @@ impl Certificate {
             }
             a.verify(federation, &vote)?;
         }
-        let need = federation.quorum().m() as usize;
         if self.attestations.len() < need {
             return Err(CertificateError::TooFewSignatures {
                 have: self.attestations.len(),
@@ -394,6 +432,9 @@ pub enum CertificateError {
     /// Empty or oversized batch.
     #[error("a vote batch needs 1..={MAX_BATCH_VOTES} votes, not {0}")]
     BadBatchSize(usize),
+    /// A certificate of prevotes from a later round than 0.
+    #[error("only round-0 prevotes make a (fast) certificate")]
+    NotFast,
 }
 
 impl CertificateError {
@@ -406,6 +447,7 @@ impl CertificateError {
             Self::BadPath(..) => "bad_batch_path",
             Self::TooFewSignatures { .. } => "too_few_signatures",
             Self::BadBatchSize(_) => "bad_batch_size",
+            Self::NotFast => "not_fast",
         }
     }
 }

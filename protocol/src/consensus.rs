@@ -22,14 +22,15 @@
 //! at once; a round that stalls otherwise is left on timeout; in later rounds unlocked operators
 //! all prevote the same deterministic choice.
 //!
-//! Fast decisions ([`SlotConfig::fast`], not used by the node yet): a prevote for `e` in round 0
-//! from all `n` operators decides `e` as well. Then unlocked operators without a polka choose,
+//! Fast decisions ([`SlotConfig::fast`]; the node uses them for events, not checkpoints): a
+//! prevote for `e` in round 0 from all `n` operators decides `e` as well (its certificate holds
+//! those `n` prevotes). Then unlocked operators without a polka choose,
 //! in later rounds, among the events with more than `f` of the round-0 prevotes of at least
 //! `2f + 1` operators (see [`Slot`]'s `fast_safe_choice`), which is always `e` after a fast
 //! decision; the lock and polka rules come first, so the argument above is unchanged. Liveness
 //! then needs every honest operator to see the same round-0 prevotes in the end (a Byzantine one
-//! can show its own to some only): the tests' network forwards every vote; the node does not
-//! relay yet.
+//! can show its own to some only): the tests' network forwards every vote; the node relays the
+//! round-0 prevotes it holds at a slot that stalls.
 
 use std::collections::BTreeSet;
 
@@ -48,8 +49,7 @@ pub struct SlotConfig {
     /// Faulty operators tolerated.
     pub f: usize,
     /// Also decide on a *fast* quorum: a prevote for one event in round 0 from every operator
-    /// (`n >= 3f + 1` needed; ignored otherwise). Not used by the node yet: its certificates
-    /// hold commit votes only (see `docs/consensus.md`).
+    /// (`n >= 3f + 1` needed; ignored otherwise). See `docs/consensus.md`.
     pub fast: bool,
 }
 

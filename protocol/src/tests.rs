@@ -652,6 +652,7 @@ fn certificate_rules() {
     let cert = |ops: &[u32]| Certificate {
         event: v.event,
         round: 0,
+        phase: Phase::Commit,
         attestations: ops.iter().map(|o| attest(&w, *o, v)).collect(),
     };
     assert_eq!(cert(&[0, 1, 2]).verify(&w.fed), Ok(()));
@@ -701,6 +702,7 @@ fn certificate_rules() {
     let c = Certificate {
         event: v.event,
         round: 0,
+        phase: Phase::Commit,
         attestations: (0..3).map(|o| attest(&w, o, pre)).collect(),
     };
     assert!(matches!(
@@ -787,7 +789,60 @@ fn certificates_of_one_event_rank_by_round_then_operator_indices() {
     let r1_low = cert(1, [0, 1, 2]);
     assert!(r0_low.rank(&w.fed) < r0_high.rank(&w.fed));
     assert!(r0_high.rank(&w.fed) < r1_low.rank(&w.fed));
-    assert_eq!(r0_low.rank(&w.fed), (0, vec![0, 1, 2]));
+    assert_eq!(r0_low.rank(&w.fed), (0, Phase::Commit, vec![0, 1, 2]));
+    // A fast certificate (all round-0 prevotes) comes before every commit certificate, even
+    // one with fewer signers (which a comparison of signer lists alone would put first).
+    let pre = Vote::prevote(w.registration().event.hash(), 0);
+    let fast = Certificate::assemble(&w.fed, pre, (0..4).map(|o| attest(&w, o, pre))).unwrap();
+    assert_eq!(fast.rank(&w.fed), (0, Phase::Prevote, vec![0, 1, 2, 3]));
+    assert!(fast.rank(&w.fed) < r0_low.rank(&w.fed));
+}
+
+#[test]
+fn a_fast_certificate_needs_the_round_0_prevotes_of_every_operator() {
+    let w = World::new();
+    let v = vote_for(&w);
+    let pre = Vote::prevote(v.event, 0);
+    let all: Vec<Attestation> = (0..4).map(|o| attest(&w, o, pre)).collect();
+    let fast = Certificate::assemble(&w.fed, pre, all.clone()).unwrap();
+    assert_eq!(fast.phase, Phase::Prevote);
+    assert_eq!(fast.attestations.len(), 4);
+    assert_eq!(fast.verify(&w.fed), Ok(()));
+    // m prevotes are a polka, not a certificate.
+    assert_eq!(
+        Certificate::assemble(&w.fed, pre, all[..3].to_vec()),
+        Err(CertificateError::TooFewSignatures { have: 3, need: 4 })
+    );
+    let mut short = fast.clone();
+    short.attestations.pop();
+    assert_eq!(
+        short.verify(&w.fed),
+        Err(CertificateError::TooFewSignatures { have: 3, need: 4 })
+    );
+    // Prevotes of a later round are no fast certificate, however many.
+    let late = Vote::prevote(v.event, 1);
+    let atts = (0..4).map(|o| attest(&w, o, late));
+    assert_eq!(
+        Certificate::assemble(&w.fed, late, atts),
+        Err(CertificateError::NotFast)
+    );
+    let mut relabelled = fast.clone();
+    relabelled.round = 1;
+    assert_eq!(relabelled.verify(&w.fed), Err(CertificateError::NotFast));
+    // Commit votes do not pass for prevotes, nor prevotes for commits.
+    let mut as_commit = fast.clone();
+    as_commit.phase = Phase::Commit;
+    assert!(matches!(
+        as_commit.verify(&w.fed),
+        Err(CertificateError::BadSignature(_))
+    ));
+    let commits = (0..4).map(|o| attest(&w, o, v)).collect();
+    let mut as_prevote = fast;
+    as_prevote.attestations = commits;
+    assert!(matches!(
+        as_prevote.verify(&w.fed),
+        Err(CertificateError::BadSignature(_))
+    ));
 }
 
 #[test]
@@ -831,6 +886,7 @@ fn every_single_bit_flip_of_a_certified_event_is_rejected() {
                 let same_root = m.event == ce.event
                     && m.certificate.event == ce.certificate.event
                     && m.certificate.round == ce.certificate.round
+                    && m.certificate.phase == ce.certificate.phase
                     && m.certificate.attestations.len() == ce.certificate.attestations.len()
                     && m.certificate
                         .attestations
@@ -1082,7 +1138,7 @@ proptest! {
         // Operators 0..4 are members; 4 and 5 are not.
         let w = World::new();
         let v = vote_for(&w);
-        let mut c = Certificate { event: v.event, round: 0, attestations: signers.iter().map(|o| attest(&w, *o, v)).collect() };
+        let mut c = Certificate { event: v.event, round: 0, phase: Phase::Commit, attestations: signers.iter().map(|o| attest(&w, *o, v)).collect() };
         if let Some(i) = corrupt {
             if let Some(a) = c.attestations.get_mut(i) {
                 a.signature.0[10] ^= 0x40;

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::certificate::Rank;
+use crate::certificate::{Attestation, Phase, Rank, Vote};
 use crate::checkpoint::{Checkpoint, FinalCheckpoint};
 use crate::{BatchVote, CertifiedEvent, Event, EventHash, Subject};
 
@@ -31,6 +31,10 @@ pub enum Gossip {
     Certified(Vec<CertifiedEvent>),
     /// Final (certified) checkpoints.
     Checkpoints(Vec<FinalCheckpoint>),
+    /// Round-0 prevotes of other operators, relayed at a slot that stalled: with fast
+    /// certificates, liveness needs every honest operator to see the same round-0 prevotes in
+    /// the end (`docs/consensus.md`), and a faulty operator may show its own to some only.
+    Relayed(Vec<(Vote, Attestation)>),
 }
 
 /// A proposed checkpoint with the events it covers (ascending).
@@ -96,16 +100,19 @@ pub struct LogEntry {
     pub event: EventHash,
     /// The round of its certificate.
     pub round: u32,
+    /// The phase of its certificate's votes (prevotes: a fast certificate).
+    pub phase: Phase,
     /// The signers' operator indices, ascending.
     pub signers: Vec<u32>,
 }
 
 impl LogEntry {
     /// The entry for `event` certified with rank `rank`.
-    pub fn ranked(event: EventHash, (round, signers): &Rank) -> Self {
+    pub fn ranked(event: EventHash, (round, phase, signers): &Rank) -> Self {
         Self {
             event,
             round: *round,
+            phase: *phase,
             signers: signers.iter().map(|&i| i as u32).collect(),
         }
     }
@@ -114,6 +121,7 @@ impl LogEntry {
     pub fn rank(&self) -> Rank {
         (
             self.round,
+            self.phase,
             self.signers.iter().map(|&i| i as usize).collect(),
         )
     }

@@ -15,7 +15,7 @@ use hallmark_protocol::encoding::encode;
 use hallmark_protocol::wire::{Gossip, LogEntry, Rpc, RpcResponse};
 use hallmark_protocol::{
     BatchVote, Certificate, CertifiedEvent, Event, EventHash, EventKind, ItemId, ManufacturerId,
-    SigningKey, Vote,
+    Phase, SigningKey, Vote,
 };
 use hallmark_tests::{poll_until, Harness};
 use tokio_util::sync::CancellationToken;
@@ -260,6 +260,7 @@ async fn a_byzantine_operator_fools_nobody_and_is_disconnected() -> Result<()> {
         log: vec![LogEntry {
             event: fake_mint.hash(),
             round: 0,
+            phase: Phase::Commit,
             signers: vec![3, 3, 3],
         }],
         events: vec![CertifiedEvent {
@@ -267,6 +268,7 @@ async fn a_byzantine_operator_fools_nobody_and_is_disconnected() -> Result<()> {
             certificate: Certificate {
                 event: fake_mint.hash(),
                 round: 0,
+                phase: Phase::Commit,
                 attestations: vec![att.clone(), att.clone(), att],
             },
         }],
@@ -483,6 +485,7 @@ async fn votes_held_for_an_event_go_when_its_certificate_comes_first() -> Result
         certificate: Certificate {
             event: mint.hash(),
             round: 0,
+            phase: Phase::Commit,
             attestations,
         },
     };
@@ -505,6 +508,7 @@ async fn votes_held_for_an_event_go_when_its_certificate_comes_first() -> Result
         log: vec![LogEntry {
             event: mint.hash(),
             round: 0,
+            phase: Phase::Commit,
             signers: vec![0, 2, 3],
         }],
         events: vec![certified],
@@ -523,5 +527,67 @@ async fn votes_held_for_an_event_go_when_its_certificate_comes_first() -> Result
         .with_context(|| h.log_tail(i))?;
     }
     *byz.answer.lock().expect("not poisoned") = encode(&empty_log());
+    Ok(())
+}
+
+/// Round-0 prevotes relayed at a stalled slot (`Gossip::Relayed`) count as their signers'
+/// votes, whoever relays them; a relayed prevote whose attestation does not verify is refused
+/// and counts as an offence of the relaying peer.
+#[tokio::test(flavor = "multi_thread")]
+async fn relayed_prevotes_count_as_their_signers_and_forged_ones_are_offences() -> Result<()> {
+    let mut h = Harness::start(BIN, 4, 3).await?;
+    let (maker, owner) = (h.author(), h.author());
+    register(&h.client(0), &maker).await?;
+    all_hold_what_operator_0_holds(&h, "the registration certified everywhere").await?;
+    // A mint nobody submitted: operator 0's round-0 prevote for it, relayed by operator 3.
+    let mint = maker.event(
+        0,
+        EventHash::ZERO,
+        EventKind::Mint {
+            serial: "SN-RELAYED".into(),
+            product: "Watch".into(),
+            owner: owner.key.public_key(),
+        },
+    );
+    let prevote = Vote::prevote(mint.hash(), 0);
+    let batch = BatchVote::sign(&h.operator_key(0)?, h.federation.id(), vec![prevote])?;
+    let att = batch.attestation(0).context("attestation")?;
+    let byz = impersonate(&mut h, empty_log()).await?;
+    byz.p2p
+        .broadcast(encode(&Gossip::Relayed(vec![(prevote, att.clone())])));
+    let held = |i: usize| h.metric(i, "hallmark_consensus_held_votes");
+    let relayed = |i: usize| {
+        h.metric(
+            i,
+            "hallmark_signatures_checked_total{kind=\"operator_relayed\",result=\"valid\"}",
+        )
+    };
+    for i in 1..BYZANTINE {
+        poll_until(WAIT, "the relayed prevote checked and held", || async {
+            let ok = relayed(i).await.ok()? >= 1.0 && held(i).await.ok()? >= 1.0;
+            ok.then_some(())
+        })
+        .await
+        .with_context(|| h.log_tail(i))?;
+    }
+    // The same prevote with another operator's signature: refused, an offence.
+    let offences = |i: usize| h.metric(i, "hallmark_p2p_offences_total");
+    let before = offences(1).await?;
+    let mut forged = att;
+    forged.operator = h.federation.operator_ids()[1];
+    byz.p2p
+        .broadcast(encode(&Gossip::Relayed(vec![(prevote, forged)])));
+    poll_until(WAIT, "the forged relay counted as an offence", || async {
+        (offences(1).await.ok()? > before).then_some(())
+    })
+    .await
+    .with_context(|| h.log_tail(1))?;
+    let invalid = h
+        .metric(
+            1,
+            "hallmark_signatures_checked_total{kind=\"operator_relayed\",result=\"invalid\"}",
+        )
+        .await?;
+    ensure!(invalid >= 1.0, "the forged relay is counted invalid");
     Ok(())
 }

@@ -124,9 +124,14 @@ fn write_fuzz_seeds() {
         .iter()
         .map(|ce| Vote::prevote(ce.certificate.event, 0))
         .collect();
-    let batch = BatchVote::sign(&operator_key(0), f.id(), votes)
-        .expect("valid batch")
-        .to_batch_vote();
+    let signed = BatchVote::sign(&operator_key(0), f.id(), votes.clone()).expect("valid batch");
+    let relayed = votes
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (*v, signed.attestation(i).expect("in the batch")))
+        .collect();
+    write("gossip", "relayed", &encode(&Gossip::Relayed(relayed)));
+    let batch = signed.to_batch_vote();
     write(
         "gossip",
         "votes",
@@ -163,6 +168,7 @@ fn write_fuzz_seeds() {
                 .map(|ce| LogEntry {
                     event: ce.certificate.event,
                     round: ce.certificate.round,
+                    phase: ce.certificate.phase,
                     signers: vec![0, 1, 2],
                 })
                 .collect(),

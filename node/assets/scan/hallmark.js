@@ -287,10 +287,21 @@ function decodeInclusion(v, path) {
   };
 }
 
+// `Phase` (certificate.rs): its vote byte. Certificates served before fast certificates have no
+// `phase`: they hold commit votes (Rust decodes them the same way).
+const PHASES = { Prevote: 0, Commit: 1 };
+
+function decodePhase(v, path) {
+  if (v === undefined) return "Commit";
+  if (!Object.hasOwn(PHASES, v)) throw malformed(path, `one of ${Object.keys(PHASES).join(", ")}`);
+  return v;
+}
+
 function decodeCertificate(v, path) {
   return {
     event: dec.hash(field(v, "event", path), `${path}.event`),
     round: dec.u32(field(v, "round", path), `${path}.round`),
+    phase: decodePhase(Object.hasOwn(v, "phase") ? v.phase : undefined, `${path}.phase`),
     attestations: dec.array(field(v, "attestations", path), `${path}.attestations`, (a, p) => ({
       operator: dec.hash(field(a, "operator", p), `${p}.operator`),
       path: decodeInclusion(field(a, "path", p), `${p}.path`),
@@ -602,13 +613,11 @@ export function inclusionRoot(proof, leaf) {
 // ---------------------------------------------------------------------------------------------
 // Quorum certificates (certificate.rs)
 
-const COMMIT = 1; // Phase::Commit's byte; certificates hold commit votes only
-
-/** The Merkle leaf of a commit vote: event hash, round (u32 big-endian), phase byte. */
-export function voteLeaf(event, round) {
+/** The Merkle leaf of a vote: event hash, round (u32 big-endian), phase byte (commit unless told). */
+export function voteLeaf(event, round, phase = "Commit") {
   const r = new Uint8Array(4);
   new DataView(r.buffer).setUint32(0, round, false);
-  return taggedHash(TAGS.VOTE_LEAF, event, r, Uint8Array.of(COMMIT));
+  return taggedHash(TAGS.VOTE_LEAF, event, r, Uint8Array.of(PHASES[phase]));
 }
 
 /** What an operator signs for a batch of votes with this root. */
@@ -617,11 +626,17 @@ export const batchDigest = (federationId, root) => taggedHash(TAGS.VOTE_BATCH, f
 const certErr = (code, message) => fail("certificates", code, message);
 
 /**
- * `Certificate::verify`: every attestation a commit vote from a distinct member with a valid
- * path and signature (any bad one rejects the whole certificate), and at least `m` of them.
+ * `Certificate::verify`: every attestation a vote of the certificate's phase from a distinct
+ * member with a valid path and signature (any bad one rejects the whole certificate), and at
+ * least `m` of them (commits) or all `n` (a fast certificate: round-0 prevotes).
  */
 export function verifyCertificate(federation, cert) {
-  const leaf = voteLeaf(cert.event, cert.round);
+  const phase = cert.phase ?? "Commit";
+  if (phase === "Prevote" && cert.round !== 0) {
+    throw certErr("not_fast", "only round-0 prevotes make a (fast) certificate");
+  }
+  const need = phase === "Prevote" ? federation.n : federation.m;
+  const leaf = voteLeaf(cert.event, cert.round, phase);
   const seen = new Set();
   for (const a of cert.attestations) {
     const op = toHex(a.operator);
@@ -648,8 +663,8 @@ export function verifyCertificate(federation, cert) {
       throw certErr("bad_operator_signature", `bad signature from operator ${op}`);
     }
   }
-  if (cert.attestations.length < federation.m) {
-    throw certErr("too_few_signatures", `${cert.attestations.length} signatures, the quorum needs ${federation.m}`);
+  if (cert.attestations.length < need) {
+    throw certErr("too_few_signatures", `${cert.attestations.length} signatures, the quorum needs ${need}`);
   }
 }
 

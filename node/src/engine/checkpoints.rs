@@ -150,6 +150,8 @@ impl Engine {
         let key = (Subject::Checkpoint, cp.number);
         self.cp_candidates.insert(target, p);
         let actions = self.slot_entry(key).slot.add_candidate(target);
+        // (Checkpoints are certified on commits only: prevotes held before it came go.)
+        self.prevotes.remove(&target);
         if let Some(votes) = self.early_votes.remove(&target) {
             self.early_count -= votes.len();
             let mut more = Vec::new();

@@ -1,7 +1,7 @@
 //! Checking gossip before it reaches the event loop: decoding and every signature, run off the
 //! loop.
 
-use hallmark_protocol::{CertifiedEvent, Federation};
+use hallmark_protocol::{CertifiedEvent, Federation, Phase};
 
 use super::Verified;
 use crate::metrics;
@@ -63,6 +63,27 @@ pub fn verify_gossip(
                 ce.verify(federation).map_err(|e| e.to_string())?;
             }
             Ok(Verified::Certified(list))
+        }
+        Gossip::Relayed(votes) => {
+            let votes = votes
+                .into_iter()
+                .map(|(vote, att)| {
+                    if vote.round != 0 || vote.phase != Phase::Prevote {
+                        return Err("only round-0 prevotes are relayed".to_string());
+                    }
+                    let op = att.verify(federation, &vote).map_err(|e| {
+                        metrics::SIGNATURES
+                            .with_label_values(&["operator_relayed", "invalid"])
+                            .inc();
+                        e.to_string()
+                    })?;
+                    Ok((op, vote, att))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            metrics::SIGNATURES
+                .with_label_values(&["operator_relayed", "valid"])
+                .inc_by(votes.len() as u64);
+            Ok(Verified::Relayed(votes))
         }
         Gossip::Checkpoints(list) => {
             for f in &list {

@@ -5,13 +5,14 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use hallmark_protocol::consensus::{Action, Slot};
+use hallmark_protocol::consensus::{Action, Slot, SlotConfig};
 use hallmark_protocol::{
     apply_item_event, encode, Attestation, Certificate, CertifiedEvent, Event, EventHash,
     EventKind, ManufacturerRecord, OfferRecord, Phase, Subject, VerifiedBatch, Vote,
 };
 use tracing::{debug, error, warn};
 
+use super::fast::{is_fast_vote, HeldVote};
 use super::{Engine, SlotEntry, MAX_DEFERRED_SLOTS, MAX_EARLY_VOTES, MAX_ORPHANS};
 use crate::metrics;
 use crate::store::{slot_key, StateChange, StoreError};
@@ -20,7 +21,11 @@ use crate::wire::Proposal;
 impl Engine {
     pub(super) fn slot_entry(&mut self, key: (Subject, u64)) -> &mut SlotEntry {
         let store = &self.cfg.store;
-        let cfg = self.slot_cfg;
+        // Checkpoints are certified on commits only.
+        let cfg = SlotConfig {
+            fast: self.slot_cfg.fast && key.0 != Subject::Checkpoint,
+            ..self.slot_cfg
+        };
         let me = self.cfg.me;
         let timeout = self.cfg.round_timeout;
         self.slots.entry(key).or_insert_with(|| {
@@ -95,7 +100,7 @@ impl Engine {
         &mut self,
         events: Vec<(Event, EventHash)>,
         proposals: Vec<Proposal>,
-        batch: &VerifiedBatch,
+        batch: &Arc<VerifiedBatch>,
     ) -> Result<(), StoreError> {
         let Some(op) = self.cfg.federation.operator_index(&batch.operator()) else {
             return Ok(());
@@ -110,47 +115,74 @@ impl Engine {
             self.consider_proposal(p)?;
         }
         for (i, vote) in batch.votes().iter().enumerate() {
-            // Commit votes are kept (for the certificate) while their event is undecided here;
-            // one for an event already certified can only improve the stored certificate.
-            let keep_commit = |engine: &mut Self| {
-                if vote.phase == Phase::Commit {
-                    if let Some(att) = batch.attestation(i) {
-                        engine
-                            .commit_atts
-                            .entry((vote.event, vote.round))
-                            .or_default()
-                            .insert(op, att);
-                    }
-                }
-            };
-            if let Some(key) = self.slot_of(&vote.event) {
-                keep_commit(self);
-                let actions = self.slot_entry(key).slot.add_vote(op, *vote);
-                self.note_all_prevotes(key, vote);
-                self.act(key, actions);
-            } else if let Some(rank) = self.cfg.store.rank(&vote.event, &self.cfg.federation)? {
-                // A late commit vote improves the certificate only if it is of the same round
-                // and from an operator that ranks before one of the signers.
-                let (round, signers) = &rank;
-                let improves = !signers.contains(&op) && signers.iter().any(|&s| s > op);
-                if vote.phase == Phase::Commit && vote.round == *round && improves {
-                    if let Some(stored) = self.stored_certificate(&vote.event)? {
-                        let att = batch.attestation(i).expect("index within the batch");
-                        self.upgrade_certificate(&stored, vote.round, [att])?;
-                    }
-                }
-            } else if self.retired.lost(&vote.event) {
-                if let Some((key, evidence)) = self.retired.witness(op, *vote) {
-                    self.act(key, vec![evidence]);
-                }
-            } else if self.early_count < MAX_EARLY_VOTES {
-                keep_commit(self);
-                self.early_votes
-                    .entry(vote.event)
-                    .or_default()
-                    .push((op, *vote));
-                self.early_count += 1;
+            self.take_vote(op, vote, HeldVote::InBatch(batch.clone(), i))?;
+        }
+        Ok(())
+    }
+
+    /// A verified vote of operator `op`: counted at its slot and kept for the certificates it
+    /// may go into while its event is undecided here (held until the event arrives if it is
+    /// not known yet); for an event certified already, a commit vote that improves the stored
+    /// certificate goes into it.
+    pub(super) fn take_vote(
+        &mut self,
+        op: usize,
+        vote: &Vote,
+        held: HeldVote,
+    ) -> Result<(), StoreError> {
+        if let Some(key) = self.slot_of(&vote.event) {
+            if key.0 != Subject::Checkpoint || !is_fast_vote(vote) {
+                self.hold(op, vote, held);
             }
+            let actions = self.slot_entry(key).slot.add_vote(op, *vote);
+            self.note_all_prevotes(key, vote);
+            self.act(key, actions);
+            // A slot decided before this operator held the votes of a certificate (all round-0
+            // prevotes counted, its own among them, but not all signed in batches it holds):
+            // the commits that follow make one.
+            let decided = self.slots.get(&key).and_then(|e| e.slot.decided());
+            if vote.phase == Phase::Commit && decided.is_some_and(|(e, _)| e == vote.event) {
+                if key.0 == Subject::Checkpoint {
+                    self.certify_checkpoint(vote.event, vote.round)?;
+                } else {
+                    self.try_certify(vote.event, vote.round)?;
+                }
+            }
+        } else if self
+            .certificates
+            .get(&vote.event)
+            .is_some_and(|c| c.phase == Phase::Prevote)
+        {
+            // Certified here on a fast certificate (of the last ones), which no vote improves:
+            // the usual fate of the commits that follow one.
+        } else if let Some(rank) = self.cfg.store.rank(&vote.event, &self.cfg.federation)? {
+            if is_fast_vote(vote) {
+                return self.late_prevote(op, vote.event, held);
+            }
+            // A late commit vote improves a commit certificate only if it is of the same round
+            // and from an operator that ranks before one of the signers.
+            let (round, phase, signers) = &rank;
+            let improves = *phase == Phase::Commit
+                && !signers.contains(&op)
+                && signers.iter().any(|&s| s > op);
+            if vote.phase == Phase::Commit && vote.round == *round && improves {
+                if let (Some(stored), Some(att)) =
+                    (self.stored_certificate(&vote.event)?, held.attestation())
+                {
+                    self.upgrade_certificate(&stored, *vote, [att])?;
+                }
+            }
+        } else if self.retired.lost(&vote.event) {
+            if let Some((key, evidence)) = self.retired.witness(op, *vote) {
+                self.act(key, vec![evidence]);
+            }
+        } else if self.early_count < MAX_EARLY_VOTES {
+            self.hold(op, vote, held);
+            self.early_votes
+                .entry(vote.event)
+                .or_default()
+                .push((op, *vote));
+            self.early_count += 1;
         }
         Ok(())
     }
@@ -174,6 +206,7 @@ impl Engine {
             }
             Err((r, _)) => {
                 debug!(%hash, code = r.code, "not voting for gossiped event: {}", r.message);
+                self.prevotes.remove(&hash);
                 // Votes for it that came before it are evidence too, if they conflict.
                 if self.retired.note_loser(hash, key) {
                     for (op, vote) in self.early_votes.remove(&hash).unwrap_or_default() {
@@ -208,7 +241,7 @@ impl Engine {
         let Some((ev, _, _)) = self.candidates.get(&event) else {
             return Ok(());
         };
-        let Some(certificate) = self.quorum_certificate(event, round) else {
+        let Some(certificate) = self.best_certificate(event, round) else {
             return Ok(());
         };
         let ce = CertifiedEvent {
@@ -223,29 +256,26 @@ impl Engine {
         if round > 0 && self.waiters.contains_key(&event) {
             self.out_certs.push(ce.clone());
         }
-        // (Assembled from every commit vote collected for it: nothing to merge in.)
+        // (Assembled from every vote collected for it: nothing to merge in.)
         self.certified(ce, false)
     }
 
     /// After more commit votes or another certificate arrive for a certified event, keep the
-    /// canonical certificate (the lowest round, then the `m` lowest operator indices; see
-    /// [`Certificate::rank`]), so all operators converge on byte-identical certificates.
+    /// canonical certificate (the lowest round, fast before commit, then the lowest operator
+    /// indices; see [`Certificate::rank`]), so all operators converge on the same certificates.
+    /// `extra`: attestations of `vote` (verified).
     pub(super) fn upgrade_certificate(
         &mut self,
         stored: &Certificate,
-        round: u32,
+        vote: Vote,
         extra: impl IntoIterator<Item = Attestation>,
     ) -> Result<(), StoreError> {
-        if round > stored.round {
+        if (vote.round, vote.phase) > (stored.round, stored.phase) {
             return Ok(());
         }
-        let same_round = round == stored.round;
-        let own = stored.attestations.iter().filter(|_| same_round).cloned();
-        let Ok(best) = Certificate::assemble(
-            &self.cfg.federation,
-            Vote::commit(stored.event, round),
-            own.chain(extra),
-        ) else {
+        let same_vote = vote == stored.vote();
+        let own = stored.attestations.iter().filter(|_| same_vote).cloned();
+        let Ok(best) = Certificate::assemble(&self.cfg.federation, vote, own.chain(extra)) else {
             return Ok(());
         };
         let fed = &self.cfg.federation;
@@ -258,20 +288,31 @@ impl Engine {
         Ok(())
     }
 
-    /// `certificate` in canonical form ([`Certificate::assemble`]) with the commit votes for it
-    /// this operator collected merged in: the certificate that was gossiped to us may hold a
-    /// different set than ours, or paths with another (unsigned) tree size.
+    /// `certificate` in canonical form ([`Certificate::assemble`]) with the votes for it this
+    /// operator collected merged in (the certificate that was gossiped to us may hold a
+    /// different set than ours, or paths with another, unsigned, tree size); or the fast
+    /// certificate of its event if this operator holds one and it is a commit certificate of
+    /// round 0 (the fast one ranks first).
     pub(super) fn with_collected_votes(&self, certificate: &Certificate) -> Certificate {
+        if certificate.round == 0 && certificate.phase == Phase::Commit {
+            if let Some(fast) = self.fast_certificate(certificate.event) {
+                return fast;
+            }
+        }
         let collected = self
             .commit_atts
             .get(&(certificate.event, certificate.round))
+            .filter(|_| certificate.phase == Phase::Commit)
             .into_iter()
             .flat_map(|atts| atts.values().cloned());
         certificate.merged_with(&self.cfg.federation, collected)
     }
 
     /// The stored certificate of a certified event (of the last ones, from memory).
-    fn stored_certificate(&self, hash: &EventHash) -> Result<Option<Certificate>, StoreError> {
+    pub(super) fn stored_certificate(
+        &self,
+        hash: &EventHash,
+    ) -> Result<Option<Certificate>, StoreError> {
         match self.certificates.get(hash) {
             Some(c) => Ok(Some(c.clone())),
             None => self.cfg.store.certificate(hash),
@@ -316,8 +357,8 @@ impl Engine {
         let height = ce.event.body.height;
         if self.is_certified(&hash, &subject, height)? {
             if let Some(stored) = self.stored_certificate(&hash)? {
-                let round = ce.certificate.round;
-                self.upgrade_certificate(&stored, round, ce.certificate.attestations)?;
+                let vote = ce.certificate.vote();
+                self.upgrade_certificate(&stored, vote, ce.certificate.attestations)?;
             }
             return Ok(());
         }
@@ -393,9 +434,15 @@ impl Engine {
         metrics::CERTIFIED
             .with_label_values(&[ce.event.body.kind.name()])
             .inc();
+        let phase = match ce.certificate.phase {
+            Phase::Prevote => "prevote",
+            Phase::Commit => "commit",
+        };
+        metrics::CERTIFIED_BY_PHASE
+            .with_label_values(&[phase])
+            .inc();
         metrics::LOG_LEN.inc();
-        // (An event certified before every operator's prevote reached this one: a fast path
-        // would have certified it no sooner.)
+        // (An event certified before every operator's prevote reached this one: on commits.)
         if !self.all_prevoted.remove(&hash) {
             self.stage_reached(&hash, "all_prevotes");
         }
@@ -450,10 +497,17 @@ impl Engine {
             self.act(key, evidence);
             self.retired.retire(key, entry.slot);
         }
+        // Certified on commits in round 0: the prevotes missing for a fast certificate may come.
+        if let Some(held) = self.prevotes.remove(&hash) {
+            if ce.certificate.round == 0 && ce.certificate.phase == Phase::Commit {
+                self.late_prevotes.insert(hash, held);
+            }
+        }
         for c in gone {
             self.candidates.remove(&c);
             self.waiters.remove(&c);
             self.announced.remove(&c);
+            self.prevotes.remove(&c);
             for r in 0..=rounds.max(ce.certificate.round) {
                 self.commit_atts.remove(&(c, r));
             }

@@ -20,8 +20,8 @@ use std::sync::Arc;
 
 use foldhash::HashMap;
 use hallmark_protocol::{
-    Attestation, BatchVote, Certificate, DecodeError, EventHash, Federation, MerkleRoot, Rank,
-    VerifiedBatch, Vote,
+    Attestation, BatchVote, Certificate, DecodeError, EventHash, Federation, MerkleRoot, Phase,
+    Rank, VerifiedBatch,
 };
 use rocksdb::WriteBatch;
 use serde::{Deserialize, Serialize};
@@ -30,12 +30,13 @@ use super::{Column, Store, StoreError};
 use crate::metrics;
 use hallmark_protocol::encode;
 
-/// A certificate by reference: its round and, per attestation in operator order, the signer's
-/// operator index, the root of the batch that holds its commit vote and the vote's position
+/// A certificate by reference: its round, its phase and, per attestation in operator order, the
+/// signer's operator index, the root of the batch that holds its vote and the vote's position
 /// there.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct BatchedCertificate {
     round: u32,
+    phase: Phase,
     attestations: Vec<(u32, MerkleRoot, u32)>,
 }
 
@@ -43,7 +44,7 @@ impl BatchedCertificate {
     /// [`Certificate::rank`], without reading the batches.
     pub(super) fn rank(&self) -> Rank {
         let signers = self.attestations.iter().map(|a| a.0 as usize).collect();
-        (self.round, signers)
+        (self.round, self.phase, signers)
     }
 }
 
@@ -92,13 +93,13 @@ impl Store {
                     .map(|(_, batched)| *batched)
             })
             .flatten();
-        let vote = Vote::commit(cert.event, cert.round);
+        let vote = cert.vote();
         let refs: Option<Vec<(u32, MerkleRoot, u32)>> = (batches.len() == cert.attestations.len())
             .then(|| {
                 cert.attestations
                     .iter()
                     .zip(batches)
-                    .zip(&rank.1)
+                    .zip(&rank.2)
                     .map(|((a, batch), &signer)| {
                         let batch = batch.as_ref()?;
                         // The batch the loop handed over is the one signed for this vote.
@@ -138,6 +139,7 @@ impl Store {
         }
         let stored = BatchedCertificate {
             round: cert.round,
+            phase: cert.phase,
             attestations,
         };
         b.put_cf(self.cf(Column::CertificateRefs), key, encode(&stored));
@@ -193,6 +195,7 @@ impl Store {
         Ok(Some(Certificate {
             event: *hash,
             round: stored.round,
+            phase: stored.phase,
             attestations,
         }))
     }
@@ -223,7 +226,9 @@ mod tests {
     use super::*;
     use crate::store::StateChange;
     use hallmark_protocol::testkit::{body, federation, key, operator_key};
-    use hallmark_protocol::{CertifiedEvent, Event, EventKind, ManufacturerRecord, Phase, Subject};
+    use hallmark_protocol::{
+        CertifiedEvent, Event, EventKind, ManufacturerRecord, Phase, Subject, Vote,
+    };
 
     /// A signed registration of manufacturer key `i`.
     fn registration(f: &Federation, i: u32) -> Event {

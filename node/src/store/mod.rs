@@ -963,6 +963,7 @@ mod tests {
         let certificate = Certificate {
             event: checkpoint.vote_target(),
             round: 0,
+            phase: hallmark_protocol::Phase::Commit,
             attestations: Vec::new(),
         };
         FinalCheckpoint {

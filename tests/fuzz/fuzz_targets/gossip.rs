@@ -26,6 +26,11 @@ fuzz_target!(|data: &[u8]| {
                 let _ = ce.verify(federation);
             }
         }
+        Ok(Gossip::Relayed(votes)) => {
+            for (vote, att) in &votes {
+                let _ = att.verify(federation, vote);
+            }
+        }
         Ok(Gossip::Checkpoints(list)) => {
             for f in &list {
                 let _ = f.certified.verify(federation);

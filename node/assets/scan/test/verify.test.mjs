@@ -68,10 +68,13 @@ async function sign(b, secret) {
   return { body: b, signature: await secp.signAsync(h.eventHash({ body: b }), secret, { prehash: false }) };
 }
 
-/** Certifies `event` by operators `signers` of `fed`, each a batch of one commit vote. */
-async function certify(fed, event, signers = [...Array(fed.m).keys()]) {
+/**
+ * Certifies `event` by operators `signers` of `fed`, each a batch of one vote of `phase` in
+ * `round` (commit votes unless told).
+ */
+async function certify(fed, event, signers = [...Array(fed.m).keys()], phase = "Commit", round = 0) {
   const hash = h.eventHash(event);
-  const digest = h.batchDigest(fed.id, h.voteLeaf(hash, 0));
+  const digest = h.batchDigest(fed.id, h.voteLeaf(hash, round, phase));
   const attestations = [];
   for (const i of signers) {
     attestations.push({
@@ -80,7 +83,7 @@ async function certify(fed, event, signers = [...Array(fed.m).keys()]) {
       signature: await secp.signAsync(digest, operatorKey(i), { prehash: false }),
     });
   }
-  return { event, certificate: { event: hash, round: 0, attestations } };
+  return { event, certificate: { event: hash, round, phase, attestations } };
 }
 
 // serde_json's forms of the typed values.
@@ -134,6 +137,7 @@ function certifiedJson(ce) {
     certificate: {
       event: hex(c.event),
       round: c.round,
+      phase: c.phase,
       attestations: c.attestations.map((a) => ({
         operator: hex(a.operator),
         path: { index: a.path.index, total: a.path.total, siblings: a.path.siblings.map(hex) },
@@ -420,6 +424,31 @@ test("a batch path counts only in canonical form: the unsigned tree size cannot 
   const resized = { ...cert, attestations: cert.attestations.map((a, n) => (n === 1 ? { ...a, path: { ...a.path, total: 7 } } : a)) };
   assert.equal(h.inclusionRoot(resized.attestations[1].path, leaf).join(), h.inclusionRoot(cert.attestations[1].path, leaf).join());
   assert.throws(() => h.verifyCertificate(fed, resized), (e) => e.code === "bad_batch_path" && /same path in a tree of 5 leaves, not 7/.test(e.message));
+});
+
+test("a fast certificate holds the round-0 prevotes of every operator", async () => {
+  const fed = federation(3, 4);
+  const ev = await sign(body(fed, key(1), 0, new Uint8Array(32), { type: "RegisterManufacturer", name: "A" }), key(1));
+  const fast = (await certify(fed, ev, [0, 1, 2, 3], "Prevote")).certificate;
+  h.verifyCertificate(fed, fast);
+  // m prevotes are a polka, not a certificate.
+  const polka = (await certify(fed, ev, [0, 1, 2], "Prevote")).certificate;
+  assert.throws(() => h.verifyCertificate(fed, polka), (e) => e.code === "too_few_signatures" && /needs 4/.test(e.message));
+  // Prevotes of a later round make no certificate, however many.
+  const late = (await certify(fed, ev, [0, 1, 2, 3], "Prevote", 1)).certificate;
+  assert.throws(() => h.verifyCertificate(fed, late), (e) => e.code === "not_fast");
+  // Prevotes do not pass for commits.
+  assert.throws(() => h.verifyCertificate(fed, { ...fast, phase: "Commit" }), (e) => e.code === "bad_operator_signature");
+  // As the operators serve it in JSON: decoded with its phase; an unknown phase is malformed,
+  // and a certificate without one (served before fast certificates) holds commits.
+  const json = certifiedJson({ event: ev, certificate: fast });
+  const decode = (j) => h.decodeCertifiedEvent(h.parseJson(toText(j)));
+  assert.equal(decode(json).certificate.phase, "Prevote");
+  h.verifyCertifiedEvent(fed, decode(json));
+  json.certificate.phase = "Fast";
+  assert.throws(() => decode(json), (e) => e.code === "malformed" && /certificate\.phase must be one of Prevote, Commit/.test(e.message));
+  delete json.certificate.phase;
+  assert.equal(decode(json).certificate.phase, "Commit");
 });
 
 test("a certificate for another event is rejected", () => {
