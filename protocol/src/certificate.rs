@@ -202,11 +202,12 @@ impl VerifiedBatch {
         self.signature
     }
 
-    /// The attestation for vote `index`.
+    /// The attestation for vote `index`, with its path in canonical form (the only one
+    /// [`Attestation::verify`] accepts).
     pub fn attestation(&self, index: usize) -> Option<Attestation> {
         Some(Attestation {
             operator: self.operator,
-            path: self.tree.proof(u32::try_from(index).ok()?)?,
+            path: self.tree.proof(u32::try_from(index).ok()?)?.canonical(),
             signature: self.signature,
         })
     }

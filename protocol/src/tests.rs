@@ -757,6 +757,24 @@ fn one_signature_covers_a_batch() {
     ));
 }
 
+/// Every attestation a batch hands out verifies on its own (as a relayed prevote must), whatever
+/// the batch's size: its path comes in canonical form (leaf 2 of 7 has the path of leaf 2 of 5).
+#[test]
+fn every_attestation_of_a_batch_verifies_alone() {
+    let w = World::new();
+    for size in 1..=9u8 {
+        let votes: Vec<Vote> = (0..size)
+            .map(|i| Vote::prevote(EventHash([i; 32]), 0))
+            .collect();
+        let batch = BatchVote::sign(&operator_key(1), w.fed.id(), votes.clone()).unwrap();
+        for (i, v) in votes.iter().enumerate() {
+            let att = batch.attestation(i).unwrap();
+            assert_eq!(att.path, att.path.canonical(), "batch of {size}, vote {i}");
+            assert_eq!(att.verify(&w.fed, v), Ok(1), "batch of {size}, vote {i}");
+        }
+    }
+}
+
 #[test]
 fn assemble_is_deterministic_and_needs_m() {
     let w = World::new();
