@@ -454,26 +454,33 @@ async fn a_byzantine_operator_fools_nobody_and_is_disconnected() -> Result<()> {
     Ok(())
 }
 
+/// A federation of four with a registered manufacturer, and a valid mint of `serial` by it
+/// that nobody submitted.
+async fn with_an_unsubmitted_mint(serial: &str) -> Result<(Harness, Event)> {
+    let h = Harness::start(BIN, 4, 3).await?;
+    let (maker, owner) = (h.author(), h.author());
+    register(&h.client(0), &maker).await?;
+    all_hold_what_operator_0_holds(&h, "the registration certified everywhere").await?;
+    let mint = maker.event(
+        0,
+        EventHash::ZERO,
+        EventKind::Mint {
+            serial: serial.into(),
+            product: "Watch".into(),
+            owner: owner.key.public_key(),
+        },
+    );
+    Ok((h, mint))
+}
+
 /// Votes that come before their event are held for it; when the event is then certified
 /// without becoming a candidate (its certificate came by catch-up first), they are dropped, not
 /// held for ever.
 #[tokio::test(flavor = "multi_thread")]
 async fn votes_held_for_an_event_go_when_its_certificate_comes_first() -> Result<()> {
-    let mut h = Harness::start(BIN, 4, 3).await?;
-    let (maker, owner) = (h.author(), h.author());
-    register(&h.client(0), &maker).await?;
-    all_hold_what_operator_0_holds(&h, "the registration certified everywhere").await?;
-    // A mint nobody submits, with a real certificate: commit votes signed with the keys of
-    // operators 0, 2 and 3 (a quorum).
-    let mint = maker.event(
-        0,
-        EventHash::ZERO,
-        EventKind::Mint {
-            serial: "SN-EARLY".into(),
-            product: "Watch".into(),
-            owner: owner.key.public_key(),
-        },
-    );
+    let (mut h, mint) = with_an_unsubmitted_mint("SN-EARLY").await?;
+    // A real certificate for it: commit votes signed with the keys of operators 0, 2 and 3 (a
+    // quorum).
     let commit = Vote::commit(mint.hash(), 0);
     let mut attestations = Vec::new();
     for i in [0, 2, BYZANTINE] {
@@ -535,20 +542,8 @@ async fn votes_held_for_an_event_go_when_its_certificate_comes_first() -> Result
 /// and counts as an offence of the relaying peer.
 #[tokio::test(flavor = "multi_thread")]
 async fn relayed_prevotes_count_as_their_signers_and_forged_ones_are_offences() -> Result<()> {
-    let mut h = Harness::start(BIN, 4, 3).await?;
-    let (maker, owner) = (h.author(), h.author());
-    register(&h.client(0), &maker).await?;
-    all_hold_what_operator_0_holds(&h, "the registration certified everywhere").await?;
-    // A mint nobody submitted: operator 0's round-0 prevote for it, relayed by operator 3.
-    let mint = maker.event(
-        0,
-        EventHash::ZERO,
-        EventKind::Mint {
-            serial: "SN-RELAYED".into(),
-            product: "Watch".into(),
-            owner: owner.key.public_key(),
-        },
-    );
+    let (mut h, mint) = with_an_unsubmitted_mint("SN-RELAYED").await?;
+    // Operator 0's round-0 prevote for it, relayed by operator 3.
     let prevote = Vote::prevote(mint.hash(), 0);
     let batch = BatchVote::sign(&h.operator_key(0)?, h.federation.id(), vec![prevote])?;
     let att = batch.attestation(0).context("attestation")?;
