@@ -70,6 +70,18 @@ impl Outbound {
         queued
     }
 
+    /// Queues `data` to `peer` alone; returns whether it was queued (connected, room left).
+    pub(crate) fn send_to(&self, peer: &PeerId, data: Vec<u8>) -> bool {
+        let queued = self
+            .writers()
+            .get(peer)
+            .is_some_and(|tx| tx.try_send(Arc::new(data)).is_ok());
+        if !queued {
+            metrics::GOSSIP_PUBLISH_FAILED.inc();
+        }
+        queued
+    }
+
     /// Starts a writer to `peer` (a member that just connected).
     pub(crate) fn connect(&self, peer: PeerId, control: Control, protocol: StreamProtocol) {
         let (tx, rx) = mpsc::channel(PEER_QUEUE);

@@ -145,6 +145,18 @@ impl P2pHandle {
         self.outbound.broadcast(data)
     }
 
+    /// Gossips `data` to one connected member only, without waiting (as [`P2pHandle::broadcast`]
+    /// does to each); returns whether it was queued. The node gossips to everyone: this is for
+    /// tests that play a member showing different messages to different members.
+    pub fn send_to(&self, peer: &PeerId, data: Vec<u8>) -> bool {
+        if data.len() > self.gossip_limit {
+            metrics::GOSSIP_PUBLISH_FAILED.inc();
+            return false;
+        }
+        metrics::GOSSIP_OUT.inc();
+        self.outbound.send_to(peer, data)
+    }
+
     /// Sends a request and waits for the response.
     pub async fn request(&self, peer: PeerId, data: Vec<u8>) -> Result<Vec<u8>, P2pError> {
         let (reply, rx) = oneshot::channel();

@@ -1,9 +1,9 @@
 //! A Byzantine operator: operator 3's process is replaced by a peer holding its real key that
 //! answers catch-up requests with forged histories, votes for two conflicting events, sends
-//! oversize gossip, catch-up requests and responses, floods an operator with requests and gossips
-//! garbage. The three honest operators (a quorum of 3-of-4)
-//! must not be fooled, must record the double vote as evidence, must disconnect the bad peer,
-//! and must go on certifying.
+//! oversize gossip, catch-up requests and responses, floods an operator with requests, gossips
+//! garbage, relays forged prevotes, or shows its round-0 prevote to one operator only. The three
+//! honest operators (a quorum of 3-of-4) must not be fooled, must record the double vote as
+//! evidence, must disconnect the bad peer, and must go on certifying.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -122,15 +122,15 @@ impl Byzantine {
     }
 }
 
-/// Two transfers of `item` by its `owner` to two different new owners, at the same height.
-async fn conflicting_transfers(
+/// `N` transfers of `item` by its `owner` to `N` different new owners, at the same height.
+async fn conflicting_transfers<const N: usize>(
     h: &Harness,
     c: &Client,
     owner: &Author,
     item: &ItemId,
-) -> Result<[Event; 2]> {
+) -> Result<[Event; N]> {
     let state = c.item(item).await?.context("minted")?;
-    Ok([h.author(), h.author()].map(|to| {
+    Ok(std::array::from_fn::<_, N, _>(|_| h.author()).map(|to| {
         owner.next(
             &state,
             EventKind::Transfer {
@@ -584,5 +584,86 @@ async fn relayed_prevotes_count_as_their_signers_and_forged_ones_are_offences() 
         )
         .await?;
     ensure!(invalid >= 1.0, "the forged relay is counted invalid");
+    Ok(())
+}
+
+/// A Byzantine operator shows its round-0 prevote to one honest operator only, so that the
+/// honest operators' views of round 0 differ: with fast certificates, an unlocked operator
+/// without a polka prevotes in later rounds the event that more than `f` round-0 prevotes
+/// went to, else the lowest-hash candidate, and here operator 0 (which saw two round-0
+/// prevotes for its event) and operators 1 and 2 (which saw one for each of three events)
+/// choose differently in every round. The slot stalls until operator 0 relays the round-0
+/// prevote it holds (`Gossip::Relayed`): then all three choose alike and certify one event.
+/// (Without the relay the item stays stuck: checked by hand with it turned off.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stall_from_round_0_prevotes_shown_to_some_only_ends_by_relay() -> Result<()> {
+    let mut h = Harness::start(BIN, 4, 3).await?;
+    let (maker, owner) = (h.author(), h.author());
+    let c = h.client(0);
+    register(&c, &maker).await?;
+    let mut items = Vec::new();
+    for k in 0..4 {
+        items.push(minted(&c, &maker, &owner, &format!("SN-SPLIT-{k}")).await?);
+    }
+    all_hold_what_operator_0_holds(&h, "the mints certified everywhere").await?;
+    let byz = impersonate(&mut h, empty_log()).await?;
+    let op0 = hallmark_p2p::peer_id_of(&h.federation.operator(0).context("operator 0")?.key);
+    let relayed = |i: usize| {
+        h.metric(
+            i,
+            "hallmark_signatures_checked_total{kind=\"operator_relayed\",result=\"valid\"}",
+        )
+    };
+    let mut relay_needed = 0;
+    for item in items {
+        // Three conflicting transfers, by hash: operator 0 gets the highest, 1 the middle one,
+        // 2 the lowest, all at once; operator 3 prevotes the highest, to operator 0 only.
+        let mut events = conflicting_transfers::<3>(&h, &c, &owner, &item).await?;
+        events.sort_by_key(Event::hash);
+        let before = relayed(1).await? + relayed(2).await?;
+        let mut tasks = Vec::new();
+        for (i, ev) in [(0, &events[2]), (1, &events[1]), (2, &events[0])] {
+            let (c, ev) = (h.client(i), ev.clone());
+            tasks.push(tokio::spawn(async move { c.submit(&ev, WAIT).await }));
+        }
+        let prevote = Vote::prevote(events[2].hash(), 0);
+        let batch = BatchVote::sign(&byz.key, h.federation.id(), vec![prevote])?;
+        let msg = Gossip::Votes {
+            events: vec![events[2].clone()],
+            checkpoints: Vec::new(),
+            batch: batch.to_batch_vote(),
+            nonce: 1,
+        };
+        ensure!(byz.p2p.send_to(&op0, encode(&msg)), "queued to operator 0");
+        // (The submissions of the two that lose are not certified: their answers do not count.)
+        for t in tasks {
+            let _ = t.await?;
+        }
+        // One of the three is certified, and the same one on every honest operator.
+        let certified = poll_until(
+            WAIT,
+            "the transfer certified on every honest operator",
+            || async {
+                let mut seen = None;
+                for i in 0..BYZANTINE {
+                    let state = h.client(i).item(&item).await.ok()??;
+                    if state.height != 1 || seen.is_some_and(|s| s != state.head) {
+                        return None;
+                    }
+                    seen = Some(state.head);
+                }
+                seen
+            },
+        )
+        .await
+        .with_context(|| h.log_tail(0))?;
+        ensure!(events.iter().any(|e| e.hash() == certified));
+        relay_needed += usize::from(relayed(1).await? + relayed(2).await? > before);
+    }
+    println!("{relay_needed} of 4 conflicts were decided after a relay");
+    ensure!(
+        relay_needed > 0,
+        "no conflict needed the relay: the test exercised nothing"
+    );
     Ok(())
 }
