@@ -208,9 +208,9 @@ async fn register(c: &Client, maker: &Author) -> Result<()> {
     Ok(())
 }
 
-/// Mints item `serial` of the registered `maker` to `owner`.
-async fn minted(c: &Client, maker: &Author, owner: &Author, serial: &str) -> Result<ItemId> {
-    let mint = maker.event(
+/// A mint of watch `serial` by `maker` to `owner` (signed, not submitted).
+fn mint_event(maker: &Author, owner: &Author, serial: &str) -> Event {
+    maker.event(
         0,
         EventHash::ZERO,
         EventKind::Mint {
@@ -218,7 +218,12 @@ async fn minted(c: &Client, maker: &Author, owner: &Author, serial: &str) -> Res
             product: "Watch".into(),
             owner: owner.key.public_key(),
         },
-    );
+    )
+}
+
+/// Mints item `serial` of the registered `maker` to `owner`.
+async fn minted(c: &Client, maker: &Author, owner: &Author, serial: &str) -> Result<ItemId> {
+    let mint = mint_event(maker, owner, serial);
     c.submit(&mint, WAIT).await?.certified()?;
     Ok(ItemId::new(
         &ManufacturerId::of(&maker.key.public_key()),
@@ -461,16 +466,7 @@ async fn with_an_unsubmitted_mint(serial: &str) -> Result<(Harness, Event)> {
     let (maker, owner) = (h.author(), h.author());
     register(&h.client(0), &maker).await?;
     all_hold_what_operator_0_holds(&h, "the registration certified everywhere").await?;
-    let mint = maker.event(
-        0,
-        EventHash::ZERO,
-        EventKind::Mint {
-            serial: serial.into(),
-            product: "Watch".into(),
-            owner: owner.key.public_key(),
-        },
-    );
-    Ok((h, mint))
+    Ok((h, mint_event(&maker, &owner, serial)))
 }
 
 /// Votes that come before their event are held for it; when the event is then certified

@@ -11,7 +11,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use hallmark_protocol::{Attestation, Certificate, EventHash, Phase, Subject, VerifiedBatch, Vote};
+use hallmark_protocol::{
+    Attestation, Certificate, EventHash, Federation, Phase, Subject, VerifiedBatch, Vote,
+};
 
 use super::Engine;
 use crate::store::StoreError;
@@ -42,6 +44,25 @@ pub(super) fn is_fast_vote(vote: &Vote) -> bool {
     vote.round == 0 && vote.phase == Phase::Prevote
 }
 
+/// Whether a vote at slot `key` is kept for a certificate: a commit, or a round-0 prevote at an
+/// event's slot (checkpoints are certified on commits only).
+pub(super) fn is_held(key: (Subject, u64), vote: &Vote) -> bool {
+    vote.phase == Phase::Commit || (is_fast_vote(vote) && key.0 != Subject::Checkpoint)
+}
+
+/// The fast certificate of `event` from `held`, once it holds every operator's round-0 prevote.
+fn assemble_fast(
+    federation: &Federation,
+    event: EventHash,
+    held: &HeldPrevotes,
+) -> Option<Certificate> {
+    if held.len() < federation.quorum().n() as usize {
+        return None;
+    }
+    let atts: Option<Vec<Attestation>> = held.values().map(HeldVote::attestation).collect();
+    Certificate::assemble(federation, Vote::prevote(event, 0), atts?).ok()
+}
+
 impl Engine {
     /// Keeps operator `op`'s vote `vote` (already verified) for the certificates it may go into:
     /// a commit vote among the commit attestations of its event and round, a round-0 prevote
@@ -69,12 +90,7 @@ impl Engine {
     /// The fast certificate of `event`, once this operator holds the round-0 prevotes of every
     /// operator for it.
     pub(super) fn fast_certificate(&self, event: EventHash) -> Option<Certificate> {
-        let held = self.prevotes.get(&event)?;
-        if held.len() < self.slot_cfg.n {
-            return None;
-        }
-        let atts: Option<Vec<Attestation>> = held.values().map(HeldVote::attestation).collect();
-        Certificate::assemble(&self.cfg.federation, Vote::prevote(event, 0), atts?).ok()
+        assemble_fast(&self.cfg.federation, event, self.prevotes.get(&event)?)
     }
 
     /// The best certificate of `target` at `round` this operator can assemble: the fast one in
@@ -100,26 +116,25 @@ impl Engine {
             return Ok(());
         };
         prevotes.insert(op, held);
-        if prevotes.len() < self.slot_cfg.n {
+        let Some(fast) = assemble_fast(&self.cfg.federation, event, prevotes) else {
             return Ok(());
-        }
-        let atts: Option<Vec<Attestation>> = prevotes.values().map(HeldVote::attestation).collect();
+        };
         // (Emptied rather than removed, which the Fifo does not do: it goes with the oldest.)
         prevotes.clear();
-        if let (Some(stored), Some(atts)) = (self.stored_certificate(&event)?, atts) {
-            self.upgrade_certificate(&stored, Vote::prevote(event, 0), atts)?;
+        if let Some(stored) = self.stored_certificate(&event)? {
+            self.upgrade_certificate(&stored, fast.vote(), fast.attestations)?;
         }
         Ok(())
     }
 
-    /// At a stalled slot: relays the round-0 prevotes of other operators held for its
-    /// candidates (this operator's own votes are re-sent beside).
-    pub(super) fn relay_prevotes(&mut self, key: (Subject, u64), candidates: &[EventHash]) {
-        if key.0 == Subject::Checkpoint {
+    /// At stalled slot `key`: relays the round-0 prevotes of other operators held for its
+    /// candidates (this operator's own votes are re-sent beside; none are held for checkpoints).
+    pub(super) fn relay_prevotes(&mut self, key: (Subject, u64)) {
+        let Some(entry) = self.slots.get(&key) else {
             return;
-        }
+        };
         let me = self.cfg.me;
-        for e in candidates {
+        for e in entry.slot.candidates() {
             let Some(held) = self.prevotes.get(e) else {
                 continue;
             };

@@ -1,8 +1,9 @@
 //! Checking gossip before it reaches the event loop: decoding and every signature, run off the
 //! loop.
 
-use hallmark_protocol::{CertifiedEvent, Federation, Phase};
+use hallmark_protocol::{CertifiedEvent, Federation};
 
+use super::fast::is_fast_vote;
 use super::Verified;
 use crate::metrics;
 use crate::store::Store;
@@ -68,7 +69,7 @@ pub fn verify_gossip(
             let votes = votes
                 .into_iter()
                 .map(|(vote, att)| {
-                    if vote.round != 0 || vote.phase != Phase::Prevote {
+                    if !is_fast_vote(&vote) {
                         return Err("only round-0 prevotes are relayed".to_string());
                     }
                     let op = att.verify(federation, &vote).map_err(|e| {

@@ -571,9 +571,7 @@ impl Engine {
             for (r, e) in &own.commits {
                 self.out_votes.push(Vote::commit(*e, *r));
             }
-            let candidates: Vec<EventHash> =
-                self.slots[&key].slot.candidates().iter().copied().collect();
-            self.relay_prevotes(key, &candidates);
+            self.relay_prevotes(key);
             self.act(key, actions);
         }
         // Catch up from one connected peer per tick, round robin.
@@ -677,10 +675,10 @@ impl Engine {
                     }
                     continue;
                 };
-                let checkpoint = key.0 == Subject::Checkpoint;
-                if v.phase == Phase::Prevote && (checkpoint || v.round > 0) {
+                if !fast::is_held(key, v) {
                     continue;
                 }
+                let checkpoint = key.0 == Subject::Checkpoint;
                 self.hold(me, v, fast::HeldVote::InBatch(batch.clone(), i));
                 if self
                     .slots

@@ -12,7 +12,7 @@ use hallmark_protocol::{
 };
 use tracing::{debug, error, warn};
 
-use super::fast::{is_fast_vote, HeldVote};
+use super::fast::{is_fast_vote, is_held, HeldVote};
 use super::{Engine, SlotEntry, MAX_DEFERRED_SLOTS, MAX_EARLY_VOTES, MAX_ORPHANS};
 use crate::metrics;
 use crate::store::{slot_key, StateChange, StoreError};
@@ -131,7 +131,7 @@ impl Engine {
         held: HeldVote,
     ) -> Result<(), StoreError> {
         if let Some(key) = self.slot_of(&vote.event) {
-            if key.0 != Subject::Checkpoint || !is_fast_vote(vote) {
+            if is_held(key, vote) {
                 self.hold(op, vote, held);
             }
             let actions = self.slot_entry(key).slot.add_vote(op, *vote);
@@ -329,10 +329,7 @@ impl Engine {
     /// seen (`all_prevotes`): when a fast path (certifying on `n` round-0 prevotes, see
     /// `docs/consensus.md`) would certify it.
     fn note_all_prevotes(&mut self, key: (Subject, u64), vote: &Vote) {
-        if vote.round != 0
-            || vote.phase != Phase::Prevote
-            || !self.submitted_at.contains_key(&vote.event)
-        {
+        if !is_fast_vote(vote) || !self.submitted_at.contains_key(&vote.event) {
             return;
         }
         let all = self.slots.get(&key).is_some_and(|e| {
