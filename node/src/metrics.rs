@@ -19,6 +19,7 @@ metric!(EQUIVOCATIONS: IntCounter = register_int_counter!("hallmark_consensus_eq
 metric!(CONFLICTING_CERTIFICATES: IntCounter = register_int_counter!("hallmark_consensus_conflicting_certificates_total", "Certified events that conflict with the local chain (should stay 0)"));
 metric!(PENDING_SLOTS: IntGauge = register_int_gauge!("hallmark_consensus_pending_slots", "Slots being voted on"));
 metric!(HELD_VOTES: IntGauge = register_int_gauge!("hallmark_consensus_held_votes", "Votes held in memory for events not decided here yet (commit attestations, round-0 prevotes for fast certificates, and early votes)"));
+metric!(EVENTS_SENT_AHEAD: IntCounter = register_int_counter!("hallmark_consensus_events_sent_ahead_total", "Events sent to the others ahead of the vote batch with this operator's prevotes for them (while the batch fills)"));
 metric!(VOTE_BATCH_SIZE: Histogram = register_histogram!("hallmark_consensus_vote_batch_size", "Votes per signed batch", vec![1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0]));
 metric!(HTTP_REQUESTS: IntCounterVec = register_int_counter_vec!("hallmark_http_requests_total", "HTTP requests by route and status", &["route", "status"]));
 metric!(HTTP_RATE_LIMITED: IntCounter = register_int_counter!("hallmark_http_rate_limited_total", "HTTP requests refused because their client exceeded its rate"));
@@ -57,6 +58,7 @@ pub fn register() {
     LazyLock::force(&PENDING_SLOTS);
     LazyLock::force(&HELD_VOTES);
     LazyLock::force(&VOTE_BATCH_SIZE);
+    LazyLock::force(&EVENTS_SENT_AHEAD);
     LazyLock::force(&HTTP_REQUESTS);
     LazyLock::force(&HTTP_RATE_LIMITED);
     LazyLock::force(&CHAIN_ERRORS);

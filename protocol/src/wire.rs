@@ -15,7 +15,7 @@ pub const MAX_CATCHUP_LOG: usize = 4096;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Gossip {
     /// An operator's signed vote batch, with the events it prevotes for the first time (so a
-    /// receiver can validate them and vote too).
+    /// receiver can validate them and vote too) unless it sent them ahead ([`Gossip::Events`]).
     Votes {
         /// Events first voted on in this batch.
         events: Vec<Event>,
@@ -35,6 +35,9 @@ pub enum Gossip {
     /// certificates, liveness needs every honest operator to see the same round-0 prevotes in
     /// the end (`docs/consensus.md`), and a faulty operator may show its own to some only.
     Relayed(Vec<(Vote, Attestation)>),
+    /// Events a client gave the sender, sent ahead of the vote batch with its prevotes for them
+    /// while it collects that batch, so that the others validate them and vote meanwhile.
+    Events(Vec<Event>),
 }
 
 /// A proposed checkpoint with the events it covers (ascending).

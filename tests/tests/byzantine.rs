@@ -583,6 +583,48 @@ async fn relayed_prevotes_count_as_their_signers_and_forged_ones_are_offences() 
     Ok(())
 }
 
+/// Events sent ahead of their first prevote (`Gossip::Events`) are validated and voted on by
+/// whoever receives them: here operator 3 sends a mint nobody submitted and never votes, and
+/// the three others certify it on their commits. An event whose author signature does not
+/// verify is refused and counts as an offence of the sender.
+#[tokio::test(flavor = "multi_thread")]
+async fn events_sent_ahead_are_voted_on_and_forged_ones_are_offences() -> Result<()> {
+    let (mut h, mint) = with_an_unsubmitted_mint("SN-AHEAD").await?;
+    let byz = impersonate(&mut h, empty_log()).await?;
+    let offences = |i: usize| h.metric(i, "hallmark_p2p_offences_total");
+    let before = offences(1).await?;
+    byz.p2p
+        .broadcast(encode(&Gossip::Events(vec![mint.clone()])));
+    for i in 0..BYZANTINE {
+        let ce = poll_until(WAIT, "the mint sent ahead certified", || async {
+            h.client(i).event(&mint.hash()).await.ok()?
+        })
+        .await
+        .with_context(|| h.log_tail(i))?;
+        let signers = ce.certificate.signer_indices(&h.federation);
+        ensure!(
+            ce.certificate.phase == Phase::Commit && !signers.contains(&Some(BYZANTINE)),
+            "certified on the commits of the three that voted: {signers:?}"
+        );
+    }
+    ensure!(offences(1).await? == before, "a valid event is no offence");
+    // The same mint for another serial, with the first one's signature.
+    let mut forged = mint_event(&h.author(), &h.author(), "SN-FORGED");
+    forged.signature = mint.signature;
+    byz.p2p
+        .broadcast(encode(&Gossip::Events(vec![forged.clone()])));
+    poll_until(WAIT, "the forged event counted as an offence", || async {
+        (offences(1).await.ok()? > before).then_some(())
+    })
+    .await
+    .with_context(|| h.log_tail(1))?;
+    ensure!(
+        h.client(1).event(&forged.hash()).await?.is_none(),
+        "the forged event is not certified"
+    );
+    Ok(())
+}
+
 /// A Byzantine operator shows its round-0 prevote to one honest operator only, so that the
 /// honest operators' views of round 0 differ: with fast certificates, an unlocked operator
 /// without a polka prevotes in later rounds the event that more than `f` round-0 prevotes

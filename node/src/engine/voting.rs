@@ -44,8 +44,9 @@ impl Engine {
         for a in actions {
             match a {
                 Action::Vote(v) => {
-                    // The event travels with the first prevote of the operator a client gave it
-                    // to (others got it from that one); in later rounds everyone re-sends it.
+                    // The event travels with (or, under load, just ahead of: `send_events_ahead`)
+                    // the first prevote of the operator a client gave it to (others got it from
+                    // that one); in later rounds everyone re-sends it.
                     let ours = self.waiters.contains_key(&v.event)
                         || v.round > 0
                         || self.cp_candidates.contains_key(&v.event);
