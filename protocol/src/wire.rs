@@ -14,11 +14,9 @@ pub const MAX_CATCHUP_LOG: usize = 4096;
 /// A gossip message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Gossip {
-    /// An operator's signed vote batch, with the events it prevotes for the first time (so a
-    /// receiver can validate them and vote too) unless it sent them ahead ([`Gossip::Events`]).
+    /// An operator's signed vote batch. The events it prevotes for the first time went ahead of
+    /// it ([`Gossip::Events`]); the checkpoint proposals come with it.
     Votes {
-        /// Events first voted on in this batch.
-        events: Vec<Event>,
         /// Checkpoint proposals first voted on in this batch.
         checkpoints: Vec<Proposal>,
         /// The signed votes.
@@ -35,8 +33,10 @@ pub enum Gossip {
     /// certificates, liveness needs every honest operator to see the same round-0 prevotes in
     /// the end (`docs/consensus.md`), and a faulty operator may show its own to some only.
     Relayed(Vec<(Vote, Attestation)>),
-    /// Events a client gave the sender, sent ahead of the vote batch with its prevotes for them
-    /// while it collects that batch, so that the others validate them and vote meanwhile.
+    /// Events the sender is about to prevote for the first time (those a client gave it, and
+    /// the candidates it re-sends in later rounds), sent ahead of the vote batch with those
+    /// prevotes: before the batch's fsync and, under load, before the wait for the batch to
+    /// fill, so that the others validate them and cast their own prevotes meanwhile.
     Events(Vec<Event>),
 }
 

@@ -102,7 +102,8 @@ impl Byzantine {
         self.gossip(h, vec![ev.clone()], votes, nonce).await
     }
 
-    /// Gossips a batch of operator 3's `votes`, carrying `events`.
+    /// Gossips `events` (as an operator sends them, ahead of its votes), then a batch of
+    /// operator 3's `votes`.
     async fn gossip(
         &self,
         h: &Harness,
@@ -111,8 +112,10 @@ impl Byzantine {
         nonce: u64,
     ) -> Result<()> {
         let batch = BatchVote::sign(&self.key, h.federation.id(), votes)?.to_batch_vote();
+        if !events.is_empty() {
+            self.p2p.broadcast(encode(&Gossip::Events(events)));
+        }
         let msg = Gossip::Votes {
-            events,
             checkpoints: Vec::new(),
             batch,
             nonce,
@@ -337,7 +340,7 @@ async fn a_byzantine_operator_fools_nobody_and_is_disconnected() -> Result<()> {
     let (prevote, commit) = (Vote::prevote(b.hash(), 0), Vote::commit(b.hash(), 0));
     byz.gossip(&h, Vec::new(), vec![prevote, commit], 5).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    // (It travels with a repeat of a vote already seen: only the held votes can conflict.)
+    // (It goes just ahead of a repeat of a vote already seen: only the held votes can conflict.)
     let repeat = Vote::prevote(a.hash(), 0);
     byz.gossip(&h, vec![b.clone()], vec![repeat], 6).await?;
     await_evidence(&h, 3).await?;
@@ -666,8 +669,12 @@ async fn a_stall_from_round_0_prevotes_shown_to_some_only_ends_by_relay() -> Res
         }
         let prevote = Vote::prevote(events[2].hash(), 0);
         let batch = BatchVote::sign(&byz.key, h.federation.id(), vec![prevote])?;
+        let ahead = Gossip::Events(vec![events[2].clone()]);
+        ensure!(
+            byz.p2p.send_to(&op0, encode(&ahead)),
+            "queued to operator 0"
+        );
         let msg = Gossip::Votes {
-            events: vec![events[2].clone()],
             checkpoints: Vec::new(),
             batch: batch.to_batch_vote(),
             nonce: 1,

@@ -143,7 +143,6 @@ fn write_fuzz_seeds() {
         "gossip",
         "votes",
         &encode(&Gossip::Votes {
-            events: history.iter().map(|ce| ce.event.clone()).collect(),
             checkpoints: Vec::new(),
             batch,
             nonce: 7,

@@ -27,10 +27,7 @@ pub fn verify_gossip(
 ) -> Result<Verified, String> {
     match hallmark_protocol::decode::<Gossip>(data).map_err(|e| e.to_string())? {
         Gossip::Votes {
-            events,
-            checkpoints,
-            batch,
-            ..
+            checkpoints, batch, ..
         } => {
             let batch = batch.verify(federation).map_err(|e| {
                 metrics::SIGNATURES
@@ -41,16 +38,7 @@ pub fn verify_gossip(
             metrics::SIGNATURES
                 .with_label_values(&["operator_batch", "valid"])
                 .inc();
-            metrics::SIGNATURES
-                .with_label_values(&["author", "valid"])
-                .inc_by(events.len() as u64);
-            let events = events
-                .into_iter()
-                .map(|e| e.check(federation.id()).map(|h| (e, h)))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| e.to_string())?;
             Ok(Verified::Votes {
-                events,
                 proposals: checkpoints,
                 batch: std::sync::Arc::new(batch),
             })

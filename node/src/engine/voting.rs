@@ -44,9 +44,9 @@ impl Engine {
         for a in actions {
             match a {
                 Action::Vote(v) => {
-                    // The event travels with (or, under load, just ahead of: `send_events_ahead`)
-                    // the first prevote of the operator a client gave it to (others got it from
-                    // that one); in later rounds everyone re-sends it.
+                    // The event goes just ahead of (`send_events_ahead`) the first prevote of the
+                    // operator a client gave it to (others got it from that one); in later rounds
+                    // everyone re-sends it.
                     let ours = self.waiters.contains_key(&v.event)
                         || v.round > 0
                         || self.cp_candidates.contains_key(&v.event);
@@ -99,7 +99,6 @@ impl Engine {
 
     pub(super) fn on_votes(
         &mut self,
-        events: Vec<(Event, EventHash)>,
         proposals: Vec<Proposal>,
         batch: &Arc<VerifiedBatch>,
     ) -> Result<(), StoreError> {
@@ -109,9 +108,6 @@ impl Engine {
         metrics::PARTICIPATION
             .with_label_values(&[&op.to_string()])
             .inc_by(batch.votes().len() as u64);
-        for (event, hash) in events {
-            self.consider(event, hash)?;
-        }
         for p in proposals {
             self.consider_proposal(p)?;
         }
