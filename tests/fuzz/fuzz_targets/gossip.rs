@@ -15,8 +15,10 @@ static FEDERATION: LazyLock<hallmark_protocol::Federation> =
 fuzz_target!(|data: &[u8]| {
     let federation = &*FEDERATION;
     match decode::<Gossip>(data) {
-        Ok(Gossip::Votes { events, batch, .. }) => {
+        Ok(Gossip::Votes { batch, .. }) => {
             let _ = batch.verify(federation);
+        }
+        Ok(Gossip::Events(events)) => {
             for e in &events {
                 let _ = e.check(federation.id());
             }
