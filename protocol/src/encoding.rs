@@ -26,7 +26,15 @@ fn encodes_to<T: Serialize>(value: &T, bytes: &[u8]) -> bool {
     impl postcard::ser_flavors::Flavor for Matches<'_> {
         type Output = bool;
         fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
-            self.try_extend(&[byte])
+            // (Byte by byte for every byte of a hash, key or signature: compared directly, not
+            // through `try_extend`'s slice comparison.)
+            match self.0.split_first() {
+                Some((&b, rest)) if b == byte => {
+                    self.0 = rest;
+                    Ok(())
+                }
+                _ => Err(postcard::Error::SerializeBufferFull),
+            }
         }
         fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
             match self.0.strip_prefix(data) {
