@@ -611,7 +611,7 @@ async fn events_sent_ahead_are_voted_on_and_forged_ones_are_offences() -> Result
         );
     }
     ensure!(offences(1).await? == before, "a valid event is no offence");
-    // The same mint for another serial, with the first one's signature.
+    // A mint by another author, with the first mint's signature.
     let mut forged = mint_event(&h.author(), &h.author(), "SN-FORGED");
     forged.signature = mint.signature;
     byz.p2p

@@ -630,7 +630,7 @@ impl Engine {
     /// 2,520 ev/s the client's p50 went from 9.6-10.4 to 8.7-9.1 ms and the mean time to a fast
     /// certificate from 10.2-11.4 to 9.4-9.8 ms (three alternating 60 s pairs), at the same CPU;
     /// the max rate went from 4,562-4,611 to 4,644-4,779 ev/s (three 60 s pairs). Before the
-    /// fsync too: p99 32-35 against 35-45 ms and p50 8.4-8.8 against 8.7-9.2 (five 30 s pairs).
+    /// fsync too: p99 32-37 against 35-45 ms in 30 s runs (`docs/benchmarks.md`).
     fn send_events_ahead(&mut self) {
         if self.out_events.is_empty() {
             return;
