@@ -132,16 +132,9 @@ impl P2pHandle {
     /// member's stream (a member whose queue is full misses it, and catches up later). Returns
     /// to how many members it was queued.
     pub fn broadcast(&self, data: Vec<u8>) -> usize {
-        if data.len() > self.gossip_limit {
-            metrics::GOSSIP_PUBLISH_FAILED.inc();
-            warn!(
-                "gossip message of {} bytes not sent: over the limit of {}",
-                data.len(),
-                self.gossip_limit
-            );
+        if !self.sendable(&data) {
             return 0;
         }
-        metrics::GOSSIP_OUT.inc();
         self.outbound.broadcast(data)
     }
 
@@ -149,12 +142,23 @@ impl P2pHandle {
     /// does to each); returns whether it was queued. The node gossips to everyone: this is for
     /// tests that play a member showing different messages to different members.
     pub fn send_to(&self, peer: &PeerId, data: Vec<u8>) -> bool {
+        self.sendable(&data) && self.outbound.send_to(peer, data)
+    }
+
+    /// Whether a gossip message of `data` is within the limit (counted as sent; else counted as
+    /// failed and logged).
+    fn sendable(&self, data: &[u8]) -> bool {
         if data.len() > self.gossip_limit {
             metrics::GOSSIP_PUBLISH_FAILED.inc();
+            warn!(
+                "gossip message of {} bytes not sent: over the limit of {}",
+                data.len(),
+                self.gossip_limit
+            );
             return false;
         }
         metrics::GOSSIP_OUT.inc();
-        self.outbound.send_to(peer, data)
+        true
     }
 
     /// Sends a request and waits for the response.

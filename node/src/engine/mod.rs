@@ -595,7 +595,8 @@ impl Engine {
         if let Err(e) = r {
             error!("store error: {e}");
         }
-        if self.early_count > MAX_EARLY_VOTES / 2 {
+        let early_overflow = self.early_count > MAX_EARLY_VOTES / 2;
+        if early_overflow {
             // Votes for events that never arrived (their slot was decided without us, or they
             // were invalid): drop them rather than grow.
             warn!(
@@ -604,8 +605,6 @@ impl Engine {
             );
             self.early_votes.clear();
             self.early_count = 0;
-            let candidates = &self.candidates;
-            self.prevotes.retain(|e, _| candidates.contains_key(e));
         }
         if self.commit_atts.len() > MAX_EARLY_VOTES {
             // Commit votes for events that never became candidates here: drop them too.
@@ -613,7 +612,9 @@ impl Engine {
             self.commit_atts
                 .retain(|(e, _), _| candidates.contains_key(e) || checkpoints.contains_key(e));
         }
-        if self.prevotes.len() > MAX_EARLY_VOTES {
+        if early_overflow || self.prevotes.len() > MAX_EARLY_VOTES {
+            // Round-0 prevotes held for them (with the early votes), or for events that never
+            // became candidates here: dropped too.
             let candidates = &self.candidates;
             self.prevotes.retain(|e, _| candidates.contains_key(e));
         }
@@ -696,7 +697,6 @@ impl Engine {
                 if !fast::is_held(key, v) {
                     continue;
                 }
-                let checkpoint = key.0 == Subject::Checkpoint;
                 self.hold(me, v, fast::HeldVote::InBatch(batch.clone(), i));
                 if self
                     .slots
@@ -704,15 +704,11 @@ impl Engine {
                     .and_then(|e| e.slot.decided())
                     .is_some()
                 {
-                    decided.push((v.event, v.round, checkpoint));
+                    decided.push((key, v.event, v.round));
                 }
             }
-            for (e, r, checkpoint) in decided {
-                if checkpoint {
-                    self.certify_checkpoint(e, r)?;
-                } else {
-                    self.try_certify(e, r)?;
-                }
+            for (key, e, r) in decided {
+                self.certify(key, e, r)?;
             }
         }
         if !self.out_relayed.is_empty() {

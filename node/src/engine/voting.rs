@@ -64,12 +64,7 @@ impl Engine {
                     self.dirty.insert(key);
                 }
                 Action::Decide { event, round, .. } => {
-                    let r = if self.cp_candidates.contains_key(&event) {
-                        self.certify_checkpoint(event, round)
-                    } else {
-                        self.try_certify(event, round)
-                    };
-                    if let Err(e) = r {
+                    if let Err(e) = self.certify(key, event, round) {
                         error!("store error: {e}");
                     }
                 }
@@ -139,11 +134,7 @@ impl Engine {
             // the commits that follow make one.
             let decided = self.slots.get(&key).and_then(|e| e.slot.decided());
             if vote.phase == Phase::Commit && decided.is_some_and(|(e, _)| e == vote.event) {
-                if key.0 == Subject::Checkpoint {
-                    self.certify_checkpoint(vote.event, vote.round)?;
-                } else {
-                    self.try_certify(vote.event, vote.round)?;
-                }
+                self.certify(key, vote.event, vote.round)?;
             }
         } else if self
             .certificates
@@ -232,6 +223,21 @@ impl Engine {
         )
         .expect("m attestations of members assemble");
         Some(certificate)
+    }
+
+    /// Certifies `event`, decided in `round` at slot `key`, once this operator holds the votes
+    /// of a certificate: a checkpoint at a checkpoint's slot, else an event.
+    pub(super) fn certify(
+        &mut self,
+        key: (Subject, u64),
+        event: EventHash,
+        round: u32,
+    ) -> Result<(), StoreError> {
+        if key.0 == Subject::Checkpoint {
+            self.certify_checkpoint(event, round)
+        } else {
+            self.try_certify(event, round)
+        }
     }
 
     pub(super) fn try_certify(&mut self, event: EventHash, round: u32) -> Result<(), StoreError> {
