@@ -10,8 +10,9 @@
 # functions of the profile match those of the final build. Figures: docs/benchmarks.md.
 #
 # Usage: scripts/build-pgo.sh            prints the path of the binary on its last line
-# Cost on 2 cores: two full release builds the first time (about 25 min each, RocksDB's C++
-# included) and about 2 minutes of training; later runs rebuild only what changed.
+# Cost on 2 cores: 49 min from nothing (two full release builds of 23-24 min, RocksDB's C++
+# included, and 2 min of training). A later run rebuilds what changed in the instrumented build,
+# and every Rust crate of the final one (rustc tracks the profile, which is new), not the C++.
 # Needs `llvm-profdata` able to read rustc's profiles: the `llvm-tools` rustup component, or
 # Debian's llvm-19 (installed with apt when none is found; `LLVM_PROFDATA` names another).
 set -euo pipefail
