@@ -33,11 +33,12 @@ find_profdata() {
   done
   return 1
 }
-if ! profdata_tool="$(find_profdata)"; then
+# The build's own packages (libclang for RocksDB, ...), and llvm-19 when no llvm-profdata is found.
+if profdata_tool="$(find_profdata)"; then
+  "$root/scripts/setup.sh"
+else
   echo "build-pgo: no llvm-profdata for rustc's LLVM; installing Debian's llvm-19" >&2
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq llvm-19 >/dev/null
+  "$root/scripts/setup.sh" llvm-19
   profdata_tool="$(find_profdata)" || {
     echo "build-pgo: still no llvm-profdata: run 'rustup component add llvm-tools' or set LLVM_PROFDATA" >&2
     exit 1

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs what the build and tests need (idempotent; does nothing when all is present): Debian
-# packages, and the OpenTimestamps client from PyPI.
+# packages, and the OpenTimestamps client from PyPI. Extra Debian packages may be named as
+# arguments (scripts/build-pgo.sh: llvm-19).
 #   libclang-dev: RocksDB's bindgen.  cmake, pkg-config: -sys crates and the bitcoind build.
 #   libboost-dev, libevent-dev: building bitcoind from source (scripts/bitcoind.sh).
 #   chromium, nodejs, npm: the scan page's end-to-end test (tests/browser, playwright-core).
 set -euo pipefail
-packages=(libclang-dev cmake pkg-config libboost-dev libevent-dev chromium)
+packages=(libclang-dev cmake pkg-config libboost-dev libevent-dev chromium "$@")
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
