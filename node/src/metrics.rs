@@ -1,8 +1,9 @@
 //! The operator's prometheus metrics (default registry; one operator per process).
 
 use prometheus::{
-    register_histogram, register_histogram_vec, register_int_counter, register_int_counter_vec,
-    register_int_gauge, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    register_gauge, register_histogram, register_histogram_vec, register_int_counter,
+    register_int_counter_vec, register_int_gauge, Gauge, Histogram, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge,
 };
 use std::sync::LazyLock;
 
@@ -46,12 +47,16 @@ metric!(ANCHOR_DELAY_SECONDS: Histogram = register_histogram!("hallmark_anchor_c
 metric!(STORE_BYTES: IntGauge = register_int_gauge!("hallmark_store_size_bytes", "RocksDB SST bytes on disk"));
 metric!(CERTIFICATES_STORED: IntCounterVec = register_int_counter_vec!("hallmark_store_certificates_written_total", "Certificates written, by form (batched: by reference into stored vote batches; whole) and cause (certified; improved: replaced by a better-ranked one)", &["form", "cause"]));
 metric!(CERTIFIED_BY_PHASE: IntCounterVec = register_int_counter_vec!("hallmark_consensus_certified_by_phase_total", "Events certified here, by the votes of the certificate first applied: prevote (fast: every operator's round-0 prevote) or commit (a quorum of commits)", &["phase"]));
+metric!(HELD_COMMITS: IntCounterVec = register_int_counter_vec!("hallmark_consensus_held_commits_total", "Round-0 commits held back after a polka while every operator's prevote (a fast certificate) may still come, by outcome: fast (it came: no commit sent), expired (the hold ran out: committed), not_held (committed at once: not every operator connected, or holding suspended after holds kept running out)", &["outcome"]));
+metric!(COMMIT_HOLD_SECONDS: Gauge = register_gauge!("hallmark_consensus_commit_hold_seconds", "How long a round-0 commit is held back now (a multiple of the recent wait from the polka to the fast certificate)"));
 metric!(LOG_LEN: IntGauge = register_int_gauge!("hallmark_store_log_events", "Certified events in this operator's log"));
 
 /// Registers every metric so all appear from the start.
 pub fn register() {
     LazyLock::force(&CERTIFIED);
     LazyLock::force(&CERTIFIED_BY_PHASE);
+    LazyLock::force(&HELD_COMMITS);
+    LazyLock::force(&COMMIT_HOLD_SECONDS);
     LazyLock::force(&REJECTED);
     LazyLock::force(&EQUIVOCATIONS);
     LazyLock::force(&CONFLICTING_CERTIFICATES);

@@ -31,6 +31,16 @@
 //! then needs every honest operator to see the same round-0 prevotes in the end (a Byzantine one
 //! can show its own to some only): the tests' network forwards every vote; the node relays the
 //! round-0 prevotes it holds at a slot that stalls.
+//!
+//! Held commits ([`SlotConfig::hold_commits`], with fast decisions): after a round-0 polka an
+//! operator holds its commit back while the fast decision can still come (every round-0 prevote
+//! it has seen is for the polka's event, and no other operator has committed in round 0), so
+//! that when every prevote comes, as it does when all operators are up, no commit is sent at
+//! all. It commits once [`Slot::release_commit`] is called (the node's deadline), at a timeout,
+//! when a prevote for another event or another operator's round-0 commit shows that the commit
+//! path is needed, and, after a fast decision, when another operator's round-0 commit shows
+//! that it missed a prevote. Holding a vote back only delays it: the safety argument, which is
+//! about the votes cast, is unchanged, and every held commit is released in the end.
 
 use std::collections::BTreeSet;
 
@@ -51,6 +61,9 @@ pub struct SlotConfig {
     /// Also decide on a *fast* quorum: a prevote for one event in round 0 from every operator
     /// (`n >= 3f + 1` needed; ignored otherwise). See `docs/consensus.md`.
     pub fast: bool,
+    /// With `fast`: hold this operator's round-0 commit back while the fast decision can still
+    /// come (see the module's documentation and [`Slot::held_commit`]).
+    pub hold_commits: bool,
 }
 
 impl SlotConfig {
@@ -145,6 +158,10 @@ pub struct Slot {
     votes: Vec<Seen>,
     polka: Option<(EventHash, u32)>,
     decided: Option<(EventHash, u32)>,
+    /// Decided on the round-0 prevotes of every operator.
+    decided_fast: bool,
+    /// A held round-0 commit was released ([`Slot::release_commit`] or a timeout).
+    released: bool,
 }
 
 impl Slot {
@@ -161,6 +178,8 @@ impl Slot {
             votes: Vec::new(),
             polka: None,
             decided: None,
+            decided_fast: false,
+            released: false,
         };
         if let Some(me) = me {
             for (r, e) in &own.prevotes {
@@ -273,7 +292,12 @@ impl Slot {
     /// prevoted in it without a decision: so no operator can run ahead of the others alone
     /// (one that did would wait in a round nobody else reaches), which is what lets all honest
     /// operators meet in one round once messages flow.
+    ///
+    /// A held round-0 commit is released first, and the round is left at a later timeout.
     pub fn on_timeout(&mut self) -> Vec<Action> {
+        if self.held_commit().is_some() {
+            return self.release_commit();
+        }
         let quorum_prevoted =
             distinct_operators(self.run(self.round, Phase::Prevote)) >= self.cfg.m;
         if self.decided.is_none() && quorum_prevoted {
@@ -287,9 +311,49 @@ impl Slot {
         self.decided.get_or_insert((event, round));
     }
 
+    /// The event whose round-0 commit this operator holds back ([`SlotConfig::hold_commits`]):
+    /// after a round-0 polka for it, undecided, while the fast decision can still come.
+    pub fn held_commit(&self) -> Option<EventHash> {
+        let (e, r) = self.polka?;
+        let waiting = self.decided.is_none() && self.round == 0 && r == 0;
+        (waiting && self.own.committed(0).is_none() && self.candidates.contains(&e))
+            .then_some(e)
+            .filter(|e| self.holds_commit_for(e))
+    }
+
+    /// Releases a held round-0 commit: it is cast now (if the slot still needs it) and no later
+    /// commit of this slot is held.
+    pub fn release_commit(&mut self) -> Vec<Action> {
+        self.released = true;
+        self.step(Vec::new())
+    }
+
+    /// Whether a round-0 commit for `e` is still held back: holding is on and not released, no
+    /// round-0 prevote for another event and no other operator's round-0 commit has been seen.
+    fn holds_commit_for(&self, e: &EventHash) -> bool {
+        self.cfg.fast()
+            && self.cfg.hold_commits
+            && !self.released
+            && self.run(0, Phase::Prevote).iter().all(|s| s.event == *e)
+            && self
+                .run(0, Phase::Commit)
+                .iter()
+                .all(|s| Some(s.operator) == self.me)
+    }
+
     fn step(&mut self, mut actions: Vec<Action>) -> Vec<Action> {
         loop {
-            if self.decided.is_some() {
+            if let Some((event, round)) = self.decided {
+                // Decided fast with the commit held: commit after all once another operator
+                // commits in round 0 (it missed a prevote and decides on commits).
+                if self.decided_fast
+                    && round == 0
+                    && self.own.committed(0).is_none()
+                    && self.candidates.contains(&event)
+                    && !self.holds_commit_for(&event)
+                {
+                    self.cast(Vote::commit(event, 0), &mut actions);
+                }
                 return actions;
             }
             // A certificate: m commits for one event in one round (the lowest such round, then
@@ -321,16 +385,20 @@ impl Slot {
             }
             if let Some(event) = fast {
                 self.decided = Some((event, 0));
+                self.decided_fast = true;
                 actions.push(Action::Decide {
                     event,
                     round: 0,
                     fast: true,
                 });
                 // The slow path goes on beside it: operators that missed a prevote still
-                // decide on commits. (In round 0 without a commit there is no lock yet.)
+                // decide on commits. (In round 0 without a commit there is no lock yet.) A held
+                // commit stays held: the branch above casts it once another operator's round-0
+                // commit shows that one missed a prevote.
                 if self.round == 0
                     && self.own.committed(0).is_none()
                     && self.candidates.contains(&event)
+                    && !self.holds_commit_for(&event)
                 {
                     self.cast(Vote::commit(event, 0), &mut actions);
                 }
@@ -354,7 +422,8 @@ impl Slot {
             if self.own.committed(round).is_none() {
                 if let Some((e, r)) = self.polka.filter(|(_, r)| *r == round) {
                     let lock_allows = self.own.lock().is_none_or(|(le, lr)| le == e || lr < r);
-                    if lock_allows && self.candidates.contains(&e) {
+                    let held = round == 0 && self.holds_commit_for(&e);
+                    if lock_allows && self.candidates.contains(&e) && !held {
                         self.cast(Vote::commit(e, round), &mut actions);
                         continue;
                     }

@@ -231,6 +231,12 @@ impl Harness {
             .unwrap_or(0.0))
     }
 
+    /// Operator `i`'s round-0 commits held back with this `outcome` (fast, expired, not_held).
+    pub async fn held_commits(&self, i: usize, outcome: &str) -> Result<f64> {
+        let name = format!("hallmark_consensus_held_commits_total{{outcome=\"{outcome}\"}}");
+        self.metric(i, &name).await
+    }
+
     /// Operator `i`'s process id.
     pub fn pid(&self, i: usize) -> Option<u32> {
         self.children[i].as_ref().map(Child::id)

@@ -712,3 +712,34 @@ async fn a_stall_from_round_0_prevotes_shown_to_some_only_ends_by_relay() -> Res
     );
     Ok(())
 }
+
+/// Operator 3 is connected but never votes (the Byzantine peer, silent), so no fast certificate
+/// can come: the honest operators hold their round-0 commits back at first, then stop holding
+/// once eight holds in a row ran out (`node/src/engine/fast.rs`), and go on certifying on
+/// commits throughout.
+#[tokio::test(flavor = "multi_thread")]
+async fn held_commits_stop_being_held_while_a_connected_operator_is_silent() -> Result<()> {
+    let mut h = Harness::start(BIN, 4, 3).await?;
+    let (maker, owner) = (h.author(), h.author());
+    let _byz = impersonate(&mut h, empty_log()).await?;
+    let c = h.client(0);
+    register(&c, &maker).await?;
+    // (Each certified, or `minted` fails.)
+    for k in 0..40 {
+        minted(&h.client(k % 3), &maker, &owner, &format!("SN-SILENT-{k}")).await?;
+    }
+    let (mut expired, mut not_held, mut fast) = (0.0, 0.0, 0.0);
+    for i in 0..BYZANTINE {
+        expired += h.held_commits(i, "expired").await?;
+        not_held += h.held_commits(i, "not_held").await?;
+        fast += h.held_commits(i, "fast").await?;
+    }
+    println!("held commits: {expired} ran out, {not_held} not held, {fast} fast");
+    ensure!(
+        fast == 0.0,
+        "no fast certificate without operator 3's prevotes"
+    );
+    ensure!(expired >= 8.0, "holds ran out ({expired})");
+    ensure!(not_held >= 1.0, "holding was suspended ({not_held})");
+    Ok(())
+}

@@ -7,15 +7,31 @@
 //! round-0 prevotes in the end, and a faulty operator may show its own to some only.
 //!
 //! Checkpoints are certified on commits only (their slots run without the fast path).
+//!
+//! Held commits: when every operator is up, every event gets every round-0 prevote and a fast
+//! certificate, and the commits cast at its polka (a quorum of prevotes, before the last one
+//! comes) are never needed, yet they were half of the votes signed, sent, checked, counted and
+//! stored. So after a round-0 polka an operator holds its commit back ([`SlotConfig::hold_commits`]
+//! in the pure slot) for a while: a few times the recent wait from a polka to the fast
+//! certificate, within [`HOLD_MIN`]..[`HOLD_MAX`]. The slot sends it at once when another
+//! operator commits or prevotes for another event; the loop sends it at the deadline; and it
+//! is not held at all while an operator is disconnected (no fast certificate can come), nor for
+//! a while after holds kept running out (an operator connected but silent). An operator that
+//! committed after its hold ran out (it missed a prevote) gets the fast certificate from those
+//! that hold it. See `docs/consensus.md`.
+//!
+//! [`SlotConfig::hold_commits`]: hallmark_protocol::consensus::SlotConfig::hold_commits
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use hallmark_protocol::{
     Attestation, Certificate, EventHash, Federation, Phase, Subject, VerifiedBatch, Vote,
 };
 
-use super::Engine;
+use super::{Engine, SlotEntry};
+use crate::metrics;
 use crate::store::StoreError;
 
 /// A vote held for a certificate: by reference into the signed batch it came in (its path is
@@ -156,5 +172,131 @@ impl Engine {
             self.take_vote(op, &vote, HeldVote::Attested(att))?;
         }
         Ok(())
+    }
+}
+
+/// The shortest a round-0 commit is held.
+pub(super) const HOLD_MIN: Duration = Duration::from_millis(2);
+/// The longest a round-0 commit is held: the most an operator that is connected but does not
+/// prevote adds to a slot's latency (for the few slots before holding is suspended).
+pub(super) const HOLD_MAX: Duration = Duration::from_millis(100);
+/// A hold lasts this many times the recent mean wait from a polka to the fast certificate.
+const HOLD_FACTOR: u32 = 4;
+/// Holds that run out in a row, with no fast certificate between them, before holding stops
+/// for [`HOLD_SUSPENSION`].
+const HOLD_EXPIRIES: u32 = 8;
+const HOLD_SUSPENSION: Duration = Duration::from_secs(1);
+
+/// The round-0 commits held back at this operator's slots, with their deadlines.
+pub(super) struct Holds {
+    /// (deadline, slot), in the order the holds began.
+    due: VecDeque<(Instant, (Subject, u64))>,
+    /// Moving mean of how long a held commit waited for the fast certificate.
+    wait: Duration,
+    /// Holds that ran out since the last fast certificate of a held slot.
+    expired: u32,
+    /// No holding before then.
+    suspended_until: Option<Instant>,
+}
+
+impl Holds {
+    pub(super) fn new() -> Self {
+        let holds = Self {
+            due: VecDeque::new(),
+            wait: HOLD_MIN,
+            expired: 0,
+            suspended_until: None,
+        };
+        metrics::COMMIT_HOLD_SECONDS.set(holds.time().as_secs_f64());
+        holds
+    }
+
+    /// How long a commit is held now.
+    fn time(&self) -> Duration {
+        (self.wait * HOLD_FACTOR).clamp(HOLD_MIN, HOLD_MAX)
+    }
+
+    /// The earliest deadline (approximately: deadlines of holds begun later may be earlier, by
+    /// as much as the hold time changed meanwhile).
+    pub(super) fn next_due(&self) -> Option<Instant> {
+        self.due.front().map(|(t, _)| *t)
+    }
+
+    /// A slot left the loop, decided (certified with a certificate of `phase`).
+    pub(super) fn decided(&mut self, entry: &SlotEntry, phase: Phase) {
+        let Some(since) = entry.held_since else {
+            return;
+        };
+        if phase != Phase::Prevote {
+            return;
+        }
+        // (The wait counts when the hold ran out before the fast certificate came, too.)
+        if entry.slot.own().commits.is_empty() {
+            metrics::HELD_COMMITS.with_label_values(&["fast"]).inc();
+        }
+        self.wait = (self.wait * 7 + since.elapsed()) / 8;
+        self.expired = 0;
+        metrics::COMMIT_HOLD_SECONDS.set(self.time().as_secs_f64());
+    }
+
+    /// A hold ran out at `now`.
+    fn ran_out(&mut self, now: Instant) {
+        metrics::HELD_COMMITS.with_label_values(&["expired"]).inc();
+        self.expired += 1;
+        if self.expired >= HOLD_EXPIRIES {
+            self.expired = 0;
+            self.suspended_until = Some(now + HOLD_SUSPENSION);
+        }
+    }
+}
+
+impl Engine {
+    /// After a change at slot `key`: a commit it now holds back gets its deadline, or is
+    /// released at once if no fast certificate can be expected (an operator is disconnected)
+    /// or holding is suspended.
+    pub(super) fn note_hold(&mut self, key: (Subject, u64)) {
+        let Some(event) = self
+            .slots
+            .get(&key)
+            .filter(|e| e.held_since.is_none())
+            .and_then(|e| e.slot.held_commit())
+        else {
+            return;
+        };
+        let now = Instant::now();
+        self.stage_reached(&event, "polka");
+        let connected = self.peers.len() + 1 >= self.slot_cfg.n;
+        let suspended = self.holds.suspended_until.is_some_and(|t| now < t);
+        let Some(entry) = self.slots.get_mut(&key) else {
+            return;
+        };
+        entry.held_since = Some(now);
+        if connected && !suspended {
+            self.holds.due.push_back((now + self.holds.time(), key));
+        } else {
+            metrics::HELD_COMMITS.with_label_values(&["not_held"]).inc();
+            let actions = entry.slot.release_commit();
+            self.act(key, actions);
+        }
+    }
+
+    /// Releases the held commits whose deadline has passed (their slots commit now).
+    pub(super) fn release_due_commits(&mut self, now: Instant) {
+        while let Some(&(due, key)) = self.holds.due.front() {
+            if due > now {
+                break;
+            }
+            self.holds.due.pop_front();
+            // (Decided, or released by the slot itself meanwhile: nothing to do.)
+            let Some(entry) = self.slots.get_mut(&key) else {
+                continue;
+            };
+            if entry.slot.held_commit().is_none() {
+                continue;
+            }
+            self.holds.ran_out(now);
+            let actions = entry.slot.release_commit();
+            self.act(key, actions);
+        }
     }
 }

@@ -213,6 +213,8 @@ pub struct EngineConfig {
 struct SlotEntry {
     slot: Slot,
     deadline: Instant,
+    /// Since when its round-0 commit is held back (`fast::Holds`).
+    held_since: Option<Instant>,
 }
 
 /// The event loop's state.
@@ -278,6 +280,10 @@ pub struct Engine {
     batches: Fifo<Signature, Arc<VerifiedBatch>>,
     /// The certificates stored last, as stored.
     certificates: Fifo<EventHash, Certificate>,
+    /// Round-0 commits held back while a fast certificate may come (`fast.rs`).
+    holds: fast::Holds,
+    /// Events whose fast certificate was sent to an operator that committed after it (once each).
+    fast_sent: Fifo<EventHash, ()>,
 }
 
 impl Engine {
@@ -289,6 +295,7 @@ impl Engine {
             n: q.n() as usize,
             f: cfg.federation.params().max_faulty as usize,
             fast: true,
+            hold_commits: true,
         };
         Self {
             cfg,
@@ -337,6 +344,8 @@ impl Engine {
             items: Fifo::new(ITEM_CACHE),
             batches: Fifo::new(BATCH_CACHE),
             certificates: Fifo::new(CERTIFICATE_CACHE),
+            holds: fast::Holds::new(),
+            fast_sent: Fifo::new(LATE_PREVOTES),
         }
         .with_unanchored_checkpoints()
     }
@@ -416,8 +425,13 @@ impl Engine {
             // This iteration's work: from its first input (or tick), without the time spent
             // waiting for more inputs.
             let mut waited = Duration::ZERO;
+            let release = self.holds.next_due();
             let started = tokio::select! {
                 _ = cancel.cancelled() => break,
+                // A held commit's deadline (`fast.rs`); released below, before the flush.
+                _ = tokio::time::sleep_until(release.unwrap_or_else(Instant::now).into()), if release.is_some() => {
+                    Instant::now()
+                }
                 _ = tick.tick() => {
                     let started = Instant::now();
                     self.on_tick();
@@ -454,6 +468,7 @@ impl Engine {
                     started
                 }
             };
+            self.release_due_commits(Instant::now());
             if let Err(e) = self.flush().await {
                 error!("cannot persist votes, stopping: {e}");
                 cancel.cancel();

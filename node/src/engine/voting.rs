@@ -36,6 +36,7 @@ impl Engine {
             SlotEntry {
                 slot: Slot::new(cfg, Some(me), own),
                 deadline: Instant::now() + timeout,
+                held_since: None,
             }
         })
     }
@@ -57,7 +58,9 @@ impl Engine {
                             self.out_proposals.push(p.clone());
                         }
                     }
-                    if v.phase == Phase::Commit && v.round == 0 {
+                    // (For a held commit, the polka was timed when the hold began.)
+                    let held = self.slots.get(&key).is_some_and(|e| e.held_since.is_some());
+                    if v.phase == Phase::Commit && v.round == 0 && !held {
                         self.stage_reached(&v.event, "polka");
                     }
                     self.out_votes.push(v);
@@ -90,6 +93,7 @@ impl Engine {
                 }
             }
         }
+        self.note_hold(key);
     }
 
     pub(super) fn on_votes(
@@ -141,8 +145,18 @@ impl Engine {
             .get(&vote.event)
             .is_some_and(|c| c.phase == Phase::Prevote)
         {
-            // Certified here on a fast certificate (of the last ones), which no vote improves:
-            // the usual fate of the commits that follow one.
+            // Certified here on a fast certificate (of the last ones), which no vote improves.
+            // A round-0 commit after it comes from an operator that missed a prevote and held
+            // its commit until its deadline (`fast.rs`): it decides on commits, which the
+            // operators that decided fast do not send, so it gets the certificate instead (once
+            // per event from each operator; a peer that holds it already drops it unchecked).
+            let missed = vote.phase == Phase::Commit && vote.round == 0;
+            if missed && !self.fast_sent.contains_key(&vote.event) {
+                self.fast_sent.insert(vote.event, ());
+                if let Some(ce) = self.cfg.store.certified(&vote.event)? {
+                    self.out_certs.push(ce);
+                }
+            }
         } else if let Some(rank) = self.cfg.store.rank(&vote.event, &self.cfg.federation)? {
             if is_fast_vote(vote) {
                 return self.late_prevote(op, vote.event, held);
@@ -488,6 +502,7 @@ impl Engine {
         let mut rounds = early.iter().map(|(_, v)| v.round).max().unwrap_or(0);
         let key = (subject, height);
         if let Some(mut entry) = self.slots.remove(&key) {
+            self.holds.decided(&entry, ce.certificate.phase);
             gone.extend(entry.slot.candidates().iter().copied());
             rounds = rounds.max(entry.slot.round());
             let evidence: Vec<Action> = early

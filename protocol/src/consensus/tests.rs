@@ -6,9 +6,15 @@ const CFG: SlotConfig = SlotConfig {
     n: 4,
     f: 1,
     fast: false,
+    hold_commits: false,
 };
 /// The same federation deciding on round-0 prevotes from all four too.
 const FAST: SlotConfig = SlotConfig { fast: true, ..CFG };
+/// ... and holding round-0 commits back while the fast decision may come (as the node does).
+const HELD: SlotConfig = SlotConfig {
+    hold_commits: true,
+    ..FAST
+};
 const A: EventHash = EventHash([0xaa; 32]);
 const B: EventHash = EventHash([0xbb; 32]);
 
@@ -272,6 +278,110 @@ fn every_prevote_in_round_zero_decides_fast_and_commits_still_go_out() {
 }
 
 #[test]
+fn held_commits_are_not_sent_when_every_prevote_comes() {
+    let mut net = Net::with(HELD, 4);
+    for i in 0..4 {
+        net.candidate(i, A);
+    }
+    net.drain();
+    assert!(net.decisions.iter().all(|d| *d == Some((A, 0))));
+    assert_eq!(net.fast_decisions, 4);
+    for s in &net.slots {
+        assert_eq!(s.own().prevotes, vec![(0, A)]);
+        assert_eq!(s.own().commits, vec![], "no commit was needed");
+    }
+}
+
+#[test]
+fn a_held_commit_waits_after_the_polka_until_released() {
+    let mut s = Slot::new(HELD, Some(0), OwnVotes::default());
+    assert_eq!(s.add_candidate(A), vec![Action::Vote(Vote::prevote(A, 0))]);
+    assert_eq!(s.add_vote(1, Vote::prevote(A, 0)), vec![]);
+    // A polka (three of four): the commit is held for the fourth prevote.
+    assert_eq!(s.add_vote(2, Vote::prevote(A, 0)), vec![]);
+    assert_eq!(s.held_commit(), Some(A));
+    // Released (the node's deadline): cast now, and never held again at this slot.
+    assert_eq!(s.release_commit(), vec![Action::Vote(Vote::commit(A, 0))]);
+    assert_eq!(s.held_commit(), None);
+    // The fourth prevote still decides fast.
+    let a = s.add_vote(3, Vote::prevote(A, 0));
+    assert!(matches!(
+        a[..],
+        [Action::Decide {
+            event: A,
+            round: 0,
+            fast: true
+        }]
+    ));
+    // A timeout releases it too, before leaving the round.
+    let mut s = Slot::new(HELD, Some(0), OwnVotes::default());
+    s.add_candidate(A);
+    s.add_vote(1, Vote::prevote(A, 0));
+    s.add_vote(2, Vote::prevote(A, 0));
+    assert_eq!(s.on_timeout(), vec![Action::Vote(Vote::commit(A, 0))]);
+    assert_eq!(s.round(), 0);
+}
+
+#[test]
+fn a_held_commit_goes_out_once_the_commit_path_is_needed() {
+    let polka = || {
+        let mut s = Slot::new(HELD, Some(0), OwnVotes::default());
+        s.add_candidate(A);
+        s.add_vote(1, Vote::prevote(A, 0));
+        s.add_vote(2, Vote::prevote(A, 0));
+        assert_eq!(s.held_commit(), Some(A));
+        s
+    };
+    // Another operator committed in round 0 (it is on the commit path): join it.
+    let mut s = polka();
+    assert_eq!(
+        s.add_vote(1, Vote::commit(A, 0)),
+        vec![Action::Vote(Vote::commit(A, 0))]
+    );
+    // The fourth prevote is for another event: no fast decision can come.
+    let mut s = polka();
+    assert_eq!(
+        s.add_vote(3, Vote::prevote(B, 0)),
+        vec![Action::Vote(Vote::commit(A, 0))]
+    );
+    // Without holding, the commit goes at the polka.
+    let mut s = Slot::new(FAST, Some(0), OwnVotes::default());
+    s.add_candidate(A);
+    s.add_vote(1, Vote::prevote(A, 0));
+    assert_eq!(
+        s.add_vote(2, Vote::prevote(A, 0)),
+        vec![Action::Vote(Vote::commit(A, 0))]
+    );
+}
+
+#[test]
+fn after_a_fast_decision_a_held_commit_goes_to_an_operator_that_missed_a_prevote() {
+    // Operators 0, 1 and 2 saw every prevote and decided fast; operator 3 missed operator 0's.
+    let mut net = Net::with(HELD, 4);
+    for i in 0..4 {
+        net.candidate(i, A);
+    }
+    // (Lost on the way, and when the others forward it too.)
+    while !net.queue.is_empty() {
+        if matches!(net.queue[0], (3, 0, _)) {
+            net.queue.remove(0);
+        } else {
+            net.deliver(0);
+        }
+    }
+    assert_eq!(&net.decisions[..3], &[Some((A, 0)); 3]);
+    assert_eq!(net.decisions[3], None);
+    assert_eq!(net.slots[3].held_commit(), Some(A));
+    // Its deadline: it commits, and the others, decided, commit after it.
+    net.timeout(3);
+    net.drain();
+    assert_eq!(net.decisions[3], Some((A, 0)));
+    for s in &net.slots {
+        assert_eq!(s.own().commits, vec![(0, A)]);
+    }
+}
+
+#[test]
 fn with_fast_decisions_a_later_round_waits_for_the_round_zero_prevotes() {
     // Operator 0 saw B first and A (the lower hash) later; two operators are in round 1 with A.
     let later_round = |cfg| {
@@ -305,6 +415,7 @@ fn with_fast_decisions_a_federation_where_m_is_below_n_minus_f_stays_live() {
         n: 6,
         f: 1,
         fast: true,
+        hold_commits: false,
     };
     let mut net = Net::with(cfg, 6);
     // The owner equivocated: three operators have A, one B, two nothing yet.
@@ -361,6 +472,18 @@ proptest! {
     #[test]
     fn a_fast_decision_is_never_overturned(steps in prop::collection::vec(arb_step(), 0..200)) {
         one_event_at_most(FAST, &[true; 3], steps)?;
+    }
+
+    /// The same two with round-0 commits held back while the fast decision may come (released
+    /// by timeouts here): still safe, and still live.
+    #[test]
+    fn at_most_one_event_is_decided_with_held_commits(orders in prop::collection::vec(any::<bool>(), 3), steps in prop::collection::vec(arb_step(), 0..200)) {
+        one_event_at_most(HELD, &orders, steps)?;
+    }
+
+    #[test]
+    fn a_fast_decision_is_never_overturned_with_held_commits(steps in prop::collection::vec(arb_step(), 0..200)) {
+        one_event_at_most(HELD, &[true; 3], steps)?;
     }
 }
 
