@@ -17,8 +17,8 @@
 //! operator commits or prevotes for another event; the loop sends it at the deadline; and it
 //! is not held at all while an operator is disconnected (no fast certificate can come), nor for
 //! a while after holds kept running out (an operator connected but silent). An operator that
-//! committed after its hold ran out (it missed a prevote) gets the fast certificate from those
-//! that hold it. See `docs/consensus.md`.
+//! committed after its hold ran out because it missed a prevote finds the event in a peer's log
+//! at its next catch-up (the others, certified fast, send no commits). See `docs/consensus.md`.
 //!
 //! [`SlotConfig::hold_commits`]: hallmark_protocol::consensus::SlotConfig::hold_commits
 
@@ -239,9 +239,13 @@ impl Holds {
         metrics::COMMIT_HOLD_SECONDS.set(self.time().as_secs_f64());
     }
 
-    /// A hold ran out at `now`.
+    /// A hold ran out at `now`. Its wait, at least the hold's length, counts (as that length):
+    /// a fast certificate that comes after the commits certified the event is not timed, so
+    /// without this, holds shorter than the wait would stay short.
     fn ran_out(&mut self, now: Instant) {
         metrics::HELD_COMMITS.with_label_values(&["expired"]).inc();
+        self.wait = (self.wait * 7 + self.time()) / 8;
+        metrics::COMMIT_HOLD_SECONDS.set(self.time().as_secs_f64());
         self.expired += 1;
         if self.expired >= HOLD_EXPIRIES {
             self.expired = 0;

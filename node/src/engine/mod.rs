@@ -282,8 +282,6 @@ pub struct Engine {
     certificates: Fifo<EventHash, Certificate>,
     /// Round-0 commits held back while a fast certificate may come (`fast.rs`).
     holds: fast::Holds,
-    /// Events whose fast certificate was sent to an operator that committed after it (once each).
-    fast_sent: Fifo<EventHash, ()>,
 }
 
 impl Engine {
@@ -345,7 +343,6 @@ impl Engine {
             batches: Fifo::new(BATCH_CACHE),
             certificates: Fifo::new(CERTIFICATE_CACHE),
             holds: fast::Holds::new(),
-            fast_sent: Fifo::new(LATE_PREVOTES),
         }
         .with_unanchored_checkpoints()
     }

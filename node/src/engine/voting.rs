@@ -145,18 +145,11 @@ impl Engine {
             .get(&vote.event)
             .is_some_and(|c| c.phase == Phase::Prevote)
         {
-            // Certified here on a fast certificate (of the last ones), which no vote improves.
-            // A round-0 commit after it comes from an operator that missed a prevote and held
-            // its commit until its deadline (`fast.rs`): it decides on commits, which the
-            // operators that decided fast do not send, so it gets the certificate instead (once
-            // per event from each operator; a peer that holds it already drops it unchecked).
-            let missed = vote.phase == Phase::Commit && vote.round == 0;
-            if missed && !self.fast_sent.contains_key(&vote.event) {
-                self.fast_sent.insert(vote.event, ());
-                if let Some(ce) = self.cfg.store.certified(&vote.event)? {
-                    self.out_certs.push(ce);
-                }
-            }
+            // Certified here on a fast certificate (of the last ones), which no vote improves:
+            // the fate of a commit released after its hold ran out (`fast.rs`). An operator that
+            // committed because it missed a prevote finds the event in a peer's log at its next
+            // catch-up: answering it with the certificate, rebuilt from the stored batches, cost
+            // the loop most of its time at the max rate, where holds run out in races.
         } else if let Some(rank) = self.cfg.store.rank(&vote.event, &self.cfg.federation)? {
             if is_fast_vote(vote) {
                 return self.late_prevote(op, vote.event, held);
