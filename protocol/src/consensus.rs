@@ -343,11 +343,13 @@ impl Slot {
 
     fn step(&mut self, mut actions: Vec<Action>) -> Vec<Action> {
         loop {
-            if let Some((event, round)) = self.decided {
-                // Decided fast with the commit held: commit after all once another operator
-                // commits in round 0 (it missed a prevote and decides on commits).
+            if let Some((event, _)) = self.decided {
+                // After a fast decision the slow path goes on beside it: operators that missed
+                // a prevote still decide on commits. (In round 0 without a commit there is no
+                // lock yet.) A held commit stays held until another operator's round-0 commit
+                // shows that one missed a prevote.
                 if self.decided_fast
-                    && round == 0
+                    && self.round == 0
                     && self.own.committed(0).is_none()
                     && self.candidates.contains(&event)
                     && !self.holds_commit_for(&event)
@@ -391,18 +393,8 @@ impl Slot {
                     round: 0,
                     fast: true,
                 });
-                // The slow path goes on beside it: operators that missed a prevote still
-                // decide on commits. (In round 0 without a commit there is no lock yet.) A held
-                // commit stays held: the branch above casts it once another operator's round-0
-                // commit shows that one missed a prevote.
-                if self.round == 0
-                    && self.own.committed(0).is_none()
-                    && self.candidates.contains(&event)
-                    && !self.holds_commit_for(&event)
-                {
-                    self.cast(Vote::commit(event, 0), &mut actions);
-                }
-                return actions;
+                // (Its commit, if due, at the top of the loop.)
+                continue;
             }
             // Catch up with a later round that f + 1 operators (so one honest) are in.
             let later = self.later_round();

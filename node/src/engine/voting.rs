@@ -59,8 +59,10 @@ impl Engine {
                         }
                     }
                     // (For a held commit, the polka was timed when the hold began.)
-                    let held = self.slots.get(&key).is_some_and(|e| e.held_since.is_some());
-                    if v.phase == Phase::Commit && v.round == 0 && !held {
+                    if v.phase == Phase::Commit
+                        && v.round == 0
+                        && self.slots.get(&key).is_none_or(|e| e.held_since.is_none())
+                    {
                         self.stage_reached(&v.event, "polka");
                     }
                     self.out_votes.push(v);
