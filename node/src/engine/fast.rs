@@ -182,8 +182,8 @@ pub(super) const HOLD_MIN: Duration = Duration::from_millis(2);
 pub(super) const HOLD_MAX: Duration = Duration::from_millis(100);
 /// A hold lasts this many times the recent mean wait from a polka to the fast certificate.
 const HOLD_FACTOR: u32 = 4;
-/// Holds that run out in a row, with no fast certificate between them, before holding stops
-/// for [`HOLD_SUSPENSION`].
+/// Times holds ran out in a row (several at once count once), with no fast certificate
+/// between them, before holding stops for [`HOLD_SUSPENSION`].
 const HOLD_EXPIRIES: u32 = 8;
 const HOLD_SUSPENSION: Duration = Duration::from_secs(1);
 
@@ -193,7 +193,7 @@ pub(super) struct Holds {
     due: VecDeque<(Instant, (Subject, u64))>,
     /// Moving mean of how long a held commit waited for the fast certificate.
     wait: Duration,
-    /// Holds that ran out since the last fast certificate of a held slot.
+    /// Times holds ran out since the last fast certificate of a held slot.
     expired: u32,
     /// No holding before then.
     suspended_until: Option<Instant>,
@@ -239,13 +239,20 @@ impl Holds {
         metrics::COMMIT_HOLD_SECONDS.set(self.time().as_secs_f64());
     }
 
-    /// A hold ran out at `now`. Its wait, at least the hold's length, counts (as that length):
-    /// a fast certificate that comes after the commits certified the event is not timed, so
-    /// without this, holds shorter than the wait would stay short.
-    fn ran_out(&mut self, now: Instant) {
+    /// A hold ran out. Its wait, at least the hold's length, counts (as that length): a fast
+    /// certificate that comes after the commits certified the event is not timed, so without
+    /// this, holds shorter than the wait would stay short.
+    fn ran_out(&mut self) {
         metrics::HELD_COMMITS.with_label_values(&["expired"]).inc();
         self.wait = (self.wait * 7 + self.time()) / 8;
         metrics::COMMIT_HOLD_SECONDS.set(self.time().as_secs_f64());
+    }
+
+    /// Holds ran out at `now`, one or more at once. Holds that run out together count once
+    /// towards the suspension: the loop releases every overdue hold when it gets to them, so
+    /// one late turn of it (a long flush) lets many run out at once whose prevotes are already
+    /// queued. A silent operator makes them run out at every deadline instead.
+    fn ran_out_at(&mut self, now: Instant) {
         self.expired += 1;
         if self.expired >= HOLD_EXPIRIES {
             self.expired = 0;
@@ -286,6 +293,7 @@ impl Engine {
 
     /// Releases the held commits whose deadline has passed (their slots commit now).
     pub(super) fn release_due_commits(&mut self, now: Instant) {
+        let mut ran_out = false;
         while let Some(&(due, key)) = self.holds.due.front() {
             if due > now {
                 break;
@@ -298,9 +306,13 @@ impl Engine {
             if entry.slot.held_commit().is_none() {
                 continue;
             }
-            self.holds.ran_out(now);
+            self.holds.ran_out();
+            ran_out = true;
             let actions = entry.slot.release_commit();
             self.act(key, actions);
+        }
+        if ran_out {
+            self.holds.ran_out_at(now);
         }
     }
 }

@@ -423,12 +423,11 @@ impl Engine {
             // waiting for more inputs.
             let mut waited = Duration::ZERO;
             let release = self.holds.next_due();
+            // (In this order: a held commit's deadline only wakes a loop with no input waiting,
+            // so a hold is not released while the prevote it waits for sits in the queue.)
             let started = tokio::select! {
+                biased;
                 _ = cancel.cancelled() => break,
-                // A held commit's deadline (`fast.rs`); released below, before the flush.
-                _ = tokio::time::sleep_until(release.unwrap_or_else(Instant::now).into()), if release.is_some() => {
-                    Instant::now()
-                }
                 _ = tick.tick() => {
                     let started = Instant::now();
                     self.on_tick();
@@ -463,6 +462,10 @@ impl Engine {
                         self.drain_time = (self.drain_time * 3 + drain.elapsed()) / 4;
                     }
                     started
+                }
+                // A held commit's deadline (`fast.rs`); released below, before the flush.
+                _ = tokio::time::sleep_until(release.unwrap_or_else(Instant::now).into()), if release.is_some() => {
+                    Instant::now()
                 }
             };
             self.release_due_commits(Instant::now());
