@@ -316,3 +316,36 @@ impl Engine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holding_is_suspended_after_holds_ran_out_at_eight_times_in_a_row() {
+        let mut holds = Holds::new();
+        let t0 = Instant::now();
+        for k in 1..HOLD_EXPIRIES {
+            holds.ran_out_at(t0 + Duration::from_millis(k.into()));
+            assert_eq!(holds.suspended_until, None, "after {k} times");
+        }
+        let t = t0 + Duration::from_millis(100);
+        holds.ran_out_at(t);
+        assert_eq!(holds.suspended_until, Some(t + HOLD_SUSPENSION));
+        // The count starts again.
+        assert_eq!(holds.expired, 0);
+    }
+
+    #[test]
+    fn a_hold_that_runs_out_lengthens_the_next_within_bounds() {
+        let mut holds = Holds::new();
+        assert_eq!(holds.time(), HOLD_MIN * HOLD_FACTOR);
+        let mut last = holds.time();
+        for _ in 0..100 {
+            holds.ran_out();
+            assert!(holds.time() >= last);
+            last = holds.time();
+        }
+        assert_eq!(holds.time(), HOLD_MAX);
+    }
+}
