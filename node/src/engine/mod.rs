@@ -424,7 +424,8 @@ impl Engine {
             let mut waited = Duration::ZERO;
             let release = self.holds.next_due();
             // (In this order: a held commit's deadline only wakes a loop with no input waiting,
-            // so a hold is not released while the prevote it waits for sits in the queue.)
+            // so the inputs already queued, among them perhaps the prevote a hold waits for, are
+            // taken before holds are released.)
             let started = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
