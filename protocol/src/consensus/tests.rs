@@ -252,14 +252,31 @@ fn arb_step() -> impl Strategy<Value = Step> {
     ]
 }
 
-#[test]
-fn every_prevote_in_round_zero_decides_fast_and_commits_still_go_out() {
-    let mut net = Net::with(FAST, 4);
+/// Four operators with `cfg`, each given `A` as its only candidate, run until no vote is in
+/// flight: every one has decided `A` in round 0.
+fn all_decide_a(cfg: SlotConfig) -> Net {
+    let mut net = Net::with(cfg, 4);
     for i in 0..4 {
         net.candidate(i, A);
     }
     net.drain();
     assert!(net.decisions.iter().all(|d| *d == Some((A, 0))));
+    net
+}
+
+/// Operator 0's slot after a round-0 polka for `A` (prevotes of 0, 1 and 2), holding its commit.
+fn held_polka() -> Slot {
+    let mut s = Slot::new(HELD, Some(0), OwnVotes::default());
+    s.add_candidate(A);
+    s.add_vote(1, Vote::prevote(A, 0));
+    s.add_vote(2, Vote::prevote(A, 0));
+    assert_eq!(s.held_commit(), Some(A));
+    s
+}
+
+#[test]
+fn every_prevote_in_round_zero_decides_fast_and_commits_still_go_out() {
+    let net = all_decide_a(FAST);
     assert_eq!(
         net.fast_decisions, 4,
         "every prevote arrived before the commits"
@@ -268,23 +285,13 @@ fn every_prevote_in_round_zero_decides_fast_and_commits_still_go_out() {
         assert_eq!(s.own().commits, vec![(0, A)]);
     }
     // Without the fast path the same run decides on commits.
-    let mut net = Net::new(4);
-    for i in 0..4 {
-        net.candidate(i, A);
-    }
-    net.drain();
-    assert!(net.decisions.iter().all(|d| *d == Some((A, 0))));
+    let net = all_decide_a(CFG);
     assert_eq!(net.fast_decisions, 0);
 }
 
 #[test]
 fn held_commits_are_not_sent_when_every_prevote_comes() {
-    let mut net = Net::with(HELD, 4);
-    for i in 0..4 {
-        net.candidate(i, A);
-    }
-    net.drain();
-    assert!(net.decisions.iter().all(|d| *d == Some((A, 0))));
+    let net = all_decide_a(HELD);
     assert_eq!(net.fast_decisions, 4);
     for s in &net.slots {
         assert_eq!(s.own().prevotes, vec![(0, A)]);
@@ -314,32 +321,21 @@ fn a_held_commit_waits_after_the_polka_until_released() {
         }]
     ));
     // A timeout releases it too, before leaving the round.
-    let mut s = Slot::new(HELD, Some(0), OwnVotes::default());
-    s.add_candidate(A);
-    s.add_vote(1, Vote::prevote(A, 0));
-    s.add_vote(2, Vote::prevote(A, 0));
+    let mut s = held_polka();
     assert_eq!(s.on_timeout(), vec![Action::Vote(Vote::commit(A, 0))]);
     assert_eq!(s.round(), 0);
 }
 
 #[test]
 fn a_held_commit_goes_out_once_the_commit_path_is_needed() {
-    let polka = || {
-        let mut s = Slot::new(HELD, Some(0), OwnVotes::default());
-        s.add_candidate(A);
-        s.add_vote(1, Vote::prevote(A, 0));
-        s.add_vote(2, Vote::prevote(A, 0));
-        assert_eq!(s.held_commit(), Some(A));
-        s
-    };
     // Another operator committed in round 0 (it is on the commit path): join it.
-    let mut s = polka();
+    let mut s = held_polka();
     assert_eq!(
         s.add_vote(1, Vote::commit(A, 0)),
         vec![Action::Vote(Vote::commit(A, 0))]
     );
     // The fourth prevote is for another event: no fast decision can come.
-    let mut s = polka();
+    let mut s = held_polka();
     assert_eq!(
         s.add_vote(3, Vote::prevote(B, 0)),
         vec![Action::Vote(Vote::commit(A, 0))]
