@@ -37,6 +37,8 @@ metric!(VALIDATION_SECONDS: Histogram = register_histogram!("hallmark_events_val
 metric!(LOOP_SECONDS: Histogram = register_histogram!("hallmark_consensus_loop_iteration_seconds", "Work of one event-loop iteration: inputs handled, votes persisted and sent, events certified (waits for inputs excluded)", vec![0.0001, 0.0003, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5]));
 metric!(VOTE_SYNC_SECONDS: Histogram = register_histogram!("hallmark_consensus_vote_sync_seconds", "Time to write and fsync one flush of this operator's own votes, which the event loop waits for before sending them", vec![0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05]));
 metric!(STAGE_SECONDS: HistogramVec = register_histogram_vec!("hallmark_consensus_stage_seconds", "Submission to each step of round 0, for events submitted to this operator: admitted (taken by the event loop), prevote_sent (own prevote synced, signed and sent), polka (own commit cast: a quorum of prevotes seen), all_prevotes (every operator's round-0 prevote seen, or the certificate if that came first: a fast certificate), commit_sent (own commit synced, signed and sent); polka and commit_sent only when reached before the certificate; the certificate is hallmark_consensus_quorum_seconds", &["stage"], vec![0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.05, 0.1, 0.5]));
+metric!(CATCHUP_ENTRIES: IntCounterVec = register_int_counter_vec!("hallmark_catchup_log_entries_total", "Entries of peers' logs compared by catch-up, by outcome: held (the same or a better certificate here), missing (event not held here) or better (the peer's certificate ranks before ours)", &["outcome"]));
+metric!(CATCHUP_EVENTS: IntCounter = register_int_counter!("hallmark_catchup_events_total", "Certified events received by catch-up from peers that verified (events missing here, or with a better certificate)"));
 metric!(QUORUM_SECONDS: Histogram = register_histogram!("hallmark_consensus_quorum_seconds", "Submission (the API's receipt) to certificate, for events submitted to this operator", vec![0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0]));
 metric!(SIGNATURES: IntCounterVec = register_int_counter_vec!("hallmark_signatures_checked_total", "Signatures checked, by kind (author, operator_batch, operator_relayed, certificate) and result (valid, invalid)", &["kind", "result"]));
 metric!(PARTICIPATION: IntCounterVec = register_int_counter_vec!("hallmark_consensus_votes_received_total", "Votes received, by operator index", &["operator"]));
@@ -77,6 +79,8 @@ pub fn register() {
     LazyLock::force(&QUORUM_SECONDS);
     LazyLock::force(&VOTE_SYNC_SECONDS);
     LazyLock::force(&LOOP_SECONDS);
+    LazyLock::force(&CATCHUP_ENTRIES);
+    LazyLock::force(&CATCHUP_EVENTS);
     LazyLock::force(&SIGNATURES);
     LazyLock::force(&PARTICIPATION);
     LazyLock::force(&ROUND_CHANGES);

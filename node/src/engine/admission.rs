@@ -11,7 +11,7 @@ use hallmark_protocol::{
 use tokio::sync::oneshot;
 use tracing::debug;
 
-use super::{Engine, Input, Rejection, Reply, Submitted};
+use super::{cached_item, Engine, Input, Rejection, Reply, Submitted};
 use crate::metrics;
 use crate::payments::MAX_ESCROW_BLOCKS;
 
@@ -99,14 +99,14 @@ impl Engine {
                     reply,
                 ));
             };
-            let escrow = match self.item(&match subject {
-                Subject::Item(i) => i,
-                _ => unreachable!("settle and expire are item events"),
-            }) {
+            let Subject::Item(item) = subject else {
+                unreachable!("settle and expire are item events")
+            };
+            let escrow = match cached_item(&mut self.items, &self.cfg.store, &item) {
                 Ok(Some(ItemState {
                     status: ItemStatus::LockedInEscrow(e),
                     ..
-                })) => *e,
+                })) => e.clone(),
                 Ok(_) => {
                     return Err((
                         Rejection::new("invalid_in_state", "item is not in escrow"),
@@ -240,7 +240,7 @@ impl Engine {
             EventKind::CreateOffer { item, .. } => {
                 let offer = OfferRecord::from_event(event, hash).map_err(transition)?;
                 offer
-                    .check_against(self.item(item)?.as_ref())
+                    .check_against(cached_item(&mut self.items, &self.cfg.store, item)?)
                     .map_err(transition)?;
             }
             EventKind::Transfer { item, .. }
@@ -249,9 +249,8 @@ impl Engine {
             | EventKind::ReportStolen { item }
             | EventKind::Recover { item }
             | EventKind::Retire { item } => {
-                let state = self.item(item)?;
-                apply_item_event(&self.cfg.federation, state.as_ref(), event, hash)
-                    .map_err(transition)?;
+                let state = cached_item(&mut self.items, &self.cfg.store, item)?;
+                apply_item_event(&self.cfg.federation, state, event, hash).map_err(transition)?;
             }
             EventKind::AcceptOffer { .. } => {
                 let Subject::Item(item) = subject else {
@@ -260,9 +259,8 @@ impl Engine {
                         "accept_offer must embed a create_offer",
                     ));
                 };
-                let state = self.item(&item)?;
-                apply_item_event(&self.cfg.federation, state.as_ref(), event, hash)
-                    .map_err(transition)?;
+                let state = cached_item(&mut self.items, &self.cfg.store, &item)?;
+                apply_item_event(&self.cfg.federation, state, event, hash).map_err(transition)?;
                 if let (Some(p), EventKind::AcceptOffer { invoice, .. }) =
                     (&self.cfg.payments, &event.body.kind)
                 {

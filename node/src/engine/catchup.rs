@@ -12,6 +12,7 @@ use tracing::{debug, warn};
 
 use super::gossip::holds;
 use super::{Engine, Input, Verified, CHAIN_FETCH_EVERY, MAX_DEFERRED_SLOTS};
+use crate::metrics;
 use crate::store::{FinalCheckpoint, Store};
 use crate::wire::{LogEntry, Rpc, RpcResponse, MAX_CATCHUP_EVENTS, MAX_CATCHUP_LOG};
 
@@ -51,11 +52,7 @@ impl Engine {
                 let log = r.log;
                 let n = log.len().min(MAX_CATCHUP_LOG) as u64;
                 let wanted = tokio::task::spawn_blocking(move || {
-                    log.iter()
-                        .take(MAX_CATCHUP_LOG)
-                        .filter(|e| wants(&st, &fed, e))
-                        .map(|e| e.event)
-                        .collect::<Vec<_>>()
+                    wanted(&st, &fed, &log[..log.len().min(MAX_CATCHUP_LOG)])
                 })
                 .await
                 .unwrap_or_default();
@@ -212,6 +209,7 @@ pub(super) async fn ask(
         warn!(%peer, forged, "catch-up response with events that do not verify");
         let _ = p2p.send(Command::Offence(peer)).await;
     }
+    metrics::CATCHUP_EVENTS.inc_by(events.len() as u64);
     r.events = events;
     Some((r, returned))
 }
@@ -227,14 +225,62 @@ pub(super) async fn request(p2p: &P2pHandle, peer: PeerId, rpc: &Rpc) -> Option<
     Some(r)
 }
 
-/// Whether a peer's log entry names an event this operator lacks, or holds with a certificate
-/// that ranks after the peer's (then the peer's is fetched, checked and kept).
-pub(super) fn wants(store: &Store, federation: &Federation, entry: &LogEntry) -> bool {
-    match store.rank(&entry.event, federation) {
-        Ok(Some(ours)) => entry.rank() < ours,
-        Ok(None) => true,
-        Err(_) => false,
+/// How a peer's log entry compares with what this operator holds.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Compared {
+    /// The event, with a certificate that ranks the same or before the peer's.
+    Held,
+    /// Not the event.
+    Missing,
+    /// The event, with a certificate that ranks after the peer's.
+    Better,
+}
+
+impl Compared {
+    /// Whether the peer's certified event is fetched (then checked and kept).
+    fn wanted(self) -> bool {
+        self != Compared::Held
     }
+
+    fn label(self) -> &'static str {
+        match self {
+            Compared::Held => "held",
+            Compared::Missing => "missing",
+            Compared::Better => "better",
+        }
+    }
+}
+
+/// The events of a stretch of a peer's log to fetch; counts the outcomes.
+fn wanted(store: &Store, federation: &Federation, log: &[LogEntry]) -> Vec<EventHash> {
+    let Ok(compared) = store.compare_ranks(log, federation) else {
+        return Vec::new();
+    };
+    let mut counts = [
+        (Compared::Held, 0),
+        (Compared::Missing, 0),
+        (Compared::Better, 0),
+    ];
+    let mut out = Vec::new();
+    for (e, o) in log.iter().zip(compared) {
+        let c = match o {
+            None => Compared::Missing,
+            Some(std::cmp::Ordering::Less) => Compared::Better,
+            Some(_) => Compared::Held,
+        };
+        if let Some((_, n)) = counts.iter_mut().find(|(k, _)| *k == c) {
+            *n += 1;
+        }
+        if c.wanted() {
+            out.push(e.event);
+        }
+    }
+    for (c, n) in counts {
+        metrics::CATCHUP_ENTRIES
+            .with_label_values(&[c.label()])
+            .inc_by(n);
+    }
+    out
 }
 
 /// Answers a catch-up request from the store (called off the event loop).

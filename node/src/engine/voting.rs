@@ -13,7 +13,7 @@ use hallmark_protocol::{
 use tracing::{debug, error, warn};
 
 use super::fast::{is_fast_vote, is_held, HeldVote};
-use super::{Engine, SlotEntry, MAX_DEFERRED_SLOTS, MAX_EARLY_VOTES, MAX_ORPHANS};
+use super::{cached_item, Engine, SlotEntry, MAX_DEFERRED_SLOTS, MAX_EARLY_VOTES, MAX_ORPHANS};
 use crate::metrics;
 use crate::store::{slot_key, StateChange, StoreError};
 use crate::wire::Proposal;
@@ -417,8 +417,8 @@ impl Engine {
                 let Subject::Item(item) = subject else {
                     unreachable!("item events have item subjects")
                 };
-                let state = self.item(&item)?;
-                apply_item_event(&self.cfg.federation, state.as_ref(), &ce.event, hash)
+                let state = cached_item(&mut self.items, &self.cfg.store, &item)?;
+                apply_item_event(&self.cfg.federation, state, &ce.event, hash)
                     .map(StateChange::Item)
             }
         };

@@ -639,7 +639,8 @@ impl Store {
     }
 
     /// Log entries `[from, from + limit)` as hashes and certificate ranks (what catch-up
-    /// compares; recent ranks come from memory, older ones from the certificates).
+    /// compares; recent ranks come from memory, under one lock, older ones from the
+    /// certificates).
     pub fn log_entries(
         &self,
         from: u64,
@@ -647,13 +648,55 @@ impl Store {
         federation: &Federation,
     ) -> Result<Vec<LogEntry>, StoreError> {
         let hashes = self.log_hashes(from, limit)?;
-        let mut out = Vec::with_capacity(hashes.len());
-        for h in hashes {
-            if let Some(rank) = self.rank(&h, federation)? {
-                out.push(LogEntry::ranked(h, &rank));
+        let recent: Vec<_> = {
+            let ranks = self.recent_ranks();
+            hashes
+                .into_iter()
+                .map(|h| match ranks.get(&h) {
+                    Some((rank, _)) => Ok(LogEntry::ranked(h, rank)),
+                    None => Err(h),
+                })
+                .collect()
+        };
+        let mut out = Vec::with_capacity(recent.len());
+        for e in recent {
+            match e {
+                Ok(entry) => out.push(entry),
+                Err(h) => out.extend(
+                    self.stored_rank(&h, federation)?
+                        .map(|rank| LogEntry::ranked(h, &rank)),
+                ),
             }
         }
         Ok(out)
+    }
+
+    /// For each of a peer's log entries, how the rank the entry claims compares with that of
+    /// the certificate held here (`None`: the event is not certified here). Recent ranks are
+    /// read under one lock and compared in place: catch-up compares every entry of every
+    /// peer's log.
+    pub fn compare_ranks(
+        &self,
+        entries: &[LogEntry],
+        federation: &Federation,
+    ) -> Result<Vec<Option<std::cmp::Ordering>>, StoreError> {
+        let recent: Vec<_> = {
+            let ranks = self.recent_ranks();
+            entries
+                .iter()
+                .map(|e| ranks.get(&e.event).map(|(rank, _)| e.cmp_rank(rank)))
+                .collect()
+        };
+        entries
+            .iter()
+            .zip(recent)
+            .map(|(e, found)| match found {
+                Some(o) => Ok(Some(o)),
+                None => Ok(self
+                    .stored_rank(&e.event, federation)?
+                    .map(|rank| e.cmp_rank(&rank))),
+            })
+            .collect()
     }
 
     /// This operator's votes at a slot.
@@ -1017,6 +1060,47 @@ mod tests {
         assert_eq!(s.log_entries(1, 10, &f).unwrap().len(), 0);
         assert_eq!(s.uncheckpointed_count(), 1);
         assert_eq!(s.uncheckpointed(10), vec![hash]);
+        // A peer's entries compared with the stored certificate.
+        assert_eq!(
+            s.compare_ranks(&entries, &f).unwrap(),
+            vec![Some(std::cmp::Ordering::Equal)]
+        );
+    }
+
+    /// Catch-up compares each peer entry with the rank held here: from memory (one lock for
+    /// all) for recent events, from the stored certificate for older ones, `None` for events not
+    /// certified here.
+    #[test]
+    fn compare_ranks_orders_peer_entries_against_the_certificates_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = federation(3, 4);
+        let s = Store::open(dir.path()).unwrap();
+        let recent = register(&s, &f, 1);
+        let held = s.log_entries(0, 1, &f).unwrap().remove(0);
+        let worse = LogEntry {
+            round: held.round + 1,
+            ..held.clone()
+        };
+        let better = LogEntry {
+            round: 0,
+            phase: hallmark_protocol::Phase::Prevote,
+            signers: vec![0],
+            ..held.clone()
+        };
+        assert!(better.rank() < held.rank());
+        let unknown = LogEntry {
+            event: EventHash([9; 32]),
+            ..held.clone()
+        };
+        use std::cmp::Ordering::*;
+        let expected = vec![Some(Equal), Some(Greater), Some(Less), None];
+        let entries = [held, worse, better, unknown];
+        assert!(s.recently_certified(&recent));
+        assert_eq!(s.compare_ranks(&entries, &f).unwrap(), expected);
+        drop(s);
+        let s = Store::open(dir.path()).unwrap();
+        assert!(!s.recently_certified(&recent));
+        assert_eq!(s.compare_ranks(&entries, &f).unwrap(), expected);
     }
 
     #[test]
