@@ -945,13 +945,18 @@ impl Store {
         Ok(())
     }
 
-    /// Bytes on disk (SST files and WAL), for metrics.
+    /// Bytes of the table (SST) files of every column, for metrics. (The property without a
+    /// column family is that of the default one, which the store does not use: it read 0.)
     pub fn size_on_disk(&self) -> u64 {
-        self.db
-            .property_int_value(rocksdb::properties::TOTAL_SST_FILES_SIZE)
-            .ok()
-            .flatten()
-            .unwrap_or(0)
+        Column::ALL
+            .iter()
+            .filter_map(|&c| {
+                self.db
+                    .property_int_value_cf(self.cf(c), rocksdb::properties::TOTAL_SST_FILES_SIZE)
+                    .ok()
+                    .flatten()
+            })
+            .sum()
     }
 }
 
@@ -1067,6 +1072,30 @@ mod tests {
         );
     }
 
+    /// The size metric counts the table files of every column (the events' among them).
+    #[test]
+    fn size_on_disk_counts_the_tables_of_every_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = federation(3, 4);
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.size_on_disk(), 0);
+        for i in 1..=20 {
+            register(&s, &f, i);
+        }
+        s.db.flush_cf(s.cf(Column::Events)).unwrap();
+        let events =
+            s.db.property_int_value_cf(
+                s.cf(Column::Events),
+                rocksdb::properties::TOTAL_SST_FILES_SIZE,
+            )
+            .unwrap()
+            .unwrap();
+        assert!(events > 0);
+        assert_eq!(s.size_on_disk(), events);
+        s.db.flush_cf(s.cf(Column::Log)).unwrap();
+        assert!(s.size_on_disk() > events);
+    }
+
     /// Catch-up compares each peer entry with the rank held here: from memory (one lock for
     /// all) for recent events, from the stored certificate for older ones, `None` for events not
     /// certified here.
@@ -1085,7 +1114,7 @@ mod tests {
             round: 0,
             phase: hallmark_protocol::Phase::Prevote,
             signers: vec![0],
-            ..held.clone()
+            ..held
         };
         assert!(better.rank() < held.rank());
         let unknown = LogEntry {
