@@ -297,6 +297,7 @@ fn cached_item<'a>(
     }
     Ok(items.get(id).and_then(Option::as_ref))
 }
+
 impl Engine {
     /// Creates the loop; `inputs` is the sender half of its own queue (catch-up tasks use it).
     pub fn new(cfg: EngineConfig, inputs: mpsc::Sender<Input>) -> Self {
