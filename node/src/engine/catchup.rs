@@ -256,11 +256,7 @@ fn wanted(store: &Store, federation: &Federation, log: &[LogEntry]) -> Vec<Event
     let Ok(compared) = store.compare_ranks(log, federation) else {
         return Vec::new();
     };
-    let mut counts = [
-        (Compared::Held, 0),
-        (Compared::Missing, 0),
-        (Compared::Better, 0),
-    ];
+    let mut counts = [0; 3];
     let mut out = Vec::new();
     for (e, o) in log.iter().zip(compared) {
         let c = match o {
@@ -268,14 +264,15 @@ fn wanted(store: &Store, federation: &Federation, log: &[LogEntry]) -> Vec<Event
             Some(std::cmp::Ordering::Less) => Compared::Better,
             Some(_) => Compared::Held,
         };
-        if let Some((_, n)) = counts.iter_mut().find(|(k, _)| *k == c) {
-            *n += 1;
-        }
+        counts[c as usize] += 1;
         if c.wanted() {
             out.push(e.event);
         }
     }
-    for (c, n) in counts {
+    for (c, n) in [Compared::Held, Compared::Missing, Compared::Better]
+        .into_iter()
+        .zip(counts)
+    {
         metrics::CATCHUP_ENTRIES
             .with_label_values(&[c.label()])
             .inc_by(n);

@@ -639,8 +639,7 @@ impl Store {
     }
 
     /// Log entries `[from, from + limit)` as hashes and certificate ranks (what catch-up
-    /// compares; recent ranks come from memory, under one lock, older ones from the
-    /// certificates).
+    /// compares; see [`Store::with_ranks`]).
     pub fn log_entries(
         &self,
         from: u64,
@@ -648,53 +647,51 @@ impl Store {
         federation: &Federation,
     ) -> Result<Vec<LogEntry>, StoreError> {
         let hashes = self.log_hashes(from, limit)?;
-        let recent: Vec<_> = {
-            let ranks = self.recent_ranks();
-            hashes
-                .into_iter()
-                .map(|h| match ranks.get(&h) {
-                    Some((rank, _)) => Ok(LogEntry::ranked(h, rank)),
-                    None => Err(h),
-                })
-                .collect()
-        };
-        let mut out = Vec::with_capacity(recent.len());
-        for e in recent {
-            match e {
-                Ok(entry) => out.push(entry),
-                Err(h) => out.extend(
-                    self.stored_rank(&h, federation)?
-                        .map(|rank| LogEntry::ranked(h, &rank)),
-                ),
-            }
-        }
-        Ok(out)
+        let entries = self.with_ranks(
+            &hashes,
+            |h| h,
+            federation,
+            |h, rank| LogEntry::ranked(*h, rank),
+        )?;
+        Ok(entries.into_iter().flatten().collect())
     }
 
     /// For each of a peer's log entries, how the rank the entry claims compares with that of
-    /// the certificate held here (`None`: the event is not certified here). Recent ranks are
-    /// read under one lock and compared in place: catch-up compares every entry of every
-    /// peer's log.
+    /// the certificate held here (`None`: the event is not certified here), compared in place
+    /// (see [`Store::with_ranks`]).
     pub fn compare_ranks(
         &self,
         entries: &[LogEntry],
         federation: &Federation,
     ) -> Result<Vec<Option<std::cmp::Ordering>>, StoreError> {
+        self.with_ranks(entries, |e| &e.event, federation, LogEntry::cmp_rank)
+    }
+
+    /// `f` of each item and the rank of the certificate held here for its event (`None`: not
+    /// certified here). Recent ranks are read under one lock for all items, older ones from
+    /// the stored certificates: catch-up reads and compares every entry of every peer's log.
+    fn with_ranks<I, T>(
+        &self,
+        items: &[I],
+        event: impl Fn(&I) -> &EventHash,
+        federation: &Federation,
+        f: impl Fn(&I, &Rank) -> T,
+    ) -> Result<Vec<Option<T>>, StoreError> {
         let recent: Vec<_> = {
             let ranks = self.recent_ranks();
-            entries
+            items
                 .iter()
-                .map(|e| ranks.get(&e.event).map(|(rank, _)| e.cmp_rank(rank)))
+                .map(|i| ranks.get(event(i)).map(|(rank, _)| f(i, rank)))
                 .collect()
         };
-        entries
+        items
             .iter()
             .zip(recent)
-            .map(|(e, found)| match found {
-                Some(o) => Ok(Some(o)),
+            .map(|(i, found)| match found {
+                Some(t) => Ok(Some(t)),
                 None => Ok(self
-                    .stored_rank(&e.event, federation)?
-                    .map(|rank| e.cmp_rank(&rank))),
+                    .stored_rank(event(i), federation)?
+                    .map(|rank| f(i, &rank))),
             })
             .collect()
     }
