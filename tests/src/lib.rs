@@ -37,11 +37,42 @@ where
     }
 }
 
+/// `n` distinct loopback ports free at the time of the call, for operators to bind shortly after.
+/// They are drawn at random below the kernel's ephemeral range: a port that `bind(0)` handed out
+/// and released could be taken meanwhile as the local port of an outgoing connection (the tests
+/// make many), and the operator that was to listen there would not start.
 fn free_ports(n: usize) -> Result<Vec<u16>> {
-    // Bind all first so the kernel hands out distinct ports, then release them for the operators.
-    let listeners = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<Vec<_>>>()?;
+    const LOWEST: u16 = 10_000;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let span = u64::from(ephemeral_low.saturating_sub(LOWEST));
+    let mut listeners = Vec::with_capacity(n);
+    if span >= 1_000 {
+        let mut x = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos() as u64
+            ^ (u64::from(std::process::id()) << 32)
+            | 1;
+        for _ in 0..100 * n {
+            if listeners.len() == n {
+                break;
+            }
+            // xorshift64: any spread will do, the bind below is the check.
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let port = LOWEST + (x % span) as u16;
+            if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+                listeners.push(l);
+            }
+        }
+    }
+    // Bound all at once so that they are distinct (and, failing the above, from the kernel).
+    while listeners.len() < n {
+        listeners.push(TcpListener::bind("127.0.0.1:0")?);
+    }
     Ok(listeners
         .iter()
         .map(|l| l.local_addr().map(|a| a.port()))
@@ -74,18 +105,38 @@ impl Harness {
         m: u32,
         configure: impl FnOnce(&mut InitOptions),
     ) -> Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let p = free_ports(3 * n as usize)?;
-        let ports = (0..n as usize)
-            .map(|i| (p[3 * i], p[3 * i + 1], p[3 * i + 2]))
-            .collect();
-        let mut opts = InitOptions::new(n, m, Ports::Explicit(ports));
+        let mut opts = InitOptions::new(n, m, Ports::Explicit(Vec::new()));
         opts.payments = PaymentMode::Mock;
         opts.round_timeout_ms = 500;
         // Tests hammer operators from one address; the rate limit has its own test.
         opts.http_rate_per_sec = 0;
         configure(&mut opts);
-        devnet::init(dir.path(), &opts)?;
+        // An operator that could not bind a port (taken by another process between the choice
+        // and the start) exits: start again on other ports, a few times.
+        let mut attempt = 1;
+        loop {
+            let p = free_ports(3 * n as usize)?;
+            opts.ports = Ports::Explicit(
+                (0..n as usize)
+                    .map(|i| (p[3 * i], p[3 * i + 1], p[3 * i + 2]))
+                    .collect(),
+            );
+            let mut h = Self::spawn(exe, &opts)?;
+            match h.wait_all_connected().await {
+                Ok(()) => return Ok(h),
+                Err(e) if attempt < 3 && h.any_exited() => {
+                    eprintln!("harness: an operator exited at start ({e:#}); again on other ports");
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Writes a devnet for `opts` into a new temp dir and starts its operators.
+    fn spawn(exe: &str, opts: &InitOptions) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        devnet::init(dir.path(), opts)?;
         let (federation, peers) = FederationFile::load(&dir.path().join("federation.toml"))?;
         let mut h = Self {
             dir,
@@ -94,14 +145,35 @@ impl Harness {
             exe: PathBuf::from(exe),
             children: Vec::new(),
         };
-        for i in 0..n as usize {
+        for i in 0..h.peers.len() {
             let c = devnet::spawn_operator(&h.exe, h.dir.path(), i)?;
             h.children.push(Some(c));
         }
-        for i in 0..n as usize {
-            h.wait_connected(i, n as i64 - 1).await?;
-        }
         Ok(h)
+    }
+
+    /// Waits until every operator is up and connected to all others; the error carries the end
+    /// of every operator's log.
+    async fn wait_all_connected(&self) -> Result<()> {
+        let n = self.peers.len();
+        for i in 0..n {
+            if let Err(e) = self.wait_connected(i, n as i64 - 1).await {
+                let logs: Vec<String> = (0..n)
+                    .filter(|&j| j != i)
+                    .map(|j| self.log_tail(j))
+                    .collect();
+                return Err(e.context(logs.join("\n")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether an operator process this harness started has exited.
+    fn any_exited(&mut self) -> bool {
+        self.children
+            .iter_mut()
+            .flatten()
+            .any(|c| matches!(c.try_wait(), Ok(Some(_))))
     }
 
     /// Number of operators.
