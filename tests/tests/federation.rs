@@ -286,6 +286,18 @@ async fn three_of_four_certify_while_one_is_down_and_it_catches_up() -> Result<(
     let (len3, _) = h.client(3).log(0, 1).await?;
     let (len0, _) = h.client(0).log(0, 1).await?;
     assert_eq!(len3, len0, "the returning operator holds the whole log");
+    // It read its peers' logs from the start (its cursors begin at 0), so its catch-up compared at
+    // least one peer's whole log, and counted the requests and the outcomes.
+    poll_until(WAIT, "operator 3's catch-up counted", || async {
+        let entry = |o: &str| format!("hallmark_catchup_log_entries_total{{outcome=\"{o}\"}}");
+        let mut compared = 0.0;
+        for o in ["held", "missing", "better"] {
+            compared += h.metric(3, &entry(o)).await.ok()?;
+        }
+        let requests = h.metric(3, "hallmark_catchup_requests_total").await.ok()?;
+        (requests >= 1.0 && compared >= len0 as f64).then_some(())
+    })
+    .await?;
     // With a member disconnected no fast certificate can come: commits were not held.
     for i in 0..3 {
         let not_held = h.held_commits(i, "not_held").await?;

@@ -36,6 +36,7 @@ impl Engine {
                 limit: MAX_CATCHUP_LOG as u32,
             };
             let (mut log_len, mut returned, mut events) = (0, 0, Vec::new());
+            metrics::CATCHUP_REQUESTS.inc();
             if let Some(r) = request(&p2p, peer, &rpc).await {
                 if r.next_checkpoint > our_next_checkpoint {
                     fetch_checkpoints(
