@@ -238,6 +238,9 @@ enum Compared {
 }
 
 impl Compared {
+    /// Every outcome, in declaration order (`c as usize` indexes this).
+    const ALL: [Compared; 3] = [Compared::Held, Compared::Missing, Compared::Better];
+
     /// Whether the peer's certified event is fetched (then checked and kept).
     fn wanted(self) -> bool {
         self != Compared::Held
@@ -257,7 +260,7 @@ fn wanted(store: &Store, federation: &Federation, log: &[LogEntry]) -> Vec<Event
     let Ok(compared) = store.compare_ranks(log, federation) else {
         return Vec::new();
     };
-    let mut counts = [0; 3];
+    let mut counts = [0; Compared::ALL.len()];
     let mut out = Vec::new();
     for (e, o) in log.iter().zip(compared) {
         let c = match o {
@@ -270,10 +273,7 @@ fn wanted(store: &Store, federation: &Federation, log: &[LogEntry]) -> Vec<Event
             out.push(e.event);
         }
     }
-    for (c, n) in [Compared::Held, Compared::Missing, Compared::Better]
-        .into_iter()
-        .zip(counts)
-    {
+    for (c, n) in Compared::ALL.into_iter().zip(counts) {
         metrics::CATCHUP_ENTRIES
             .with_label_values(&[c.label()])
             .inc_by(n);
