@@ -58,6 +58,10 @@ pub struct OperatorConfig {
     /// Or once this many seconds have passed since the last one, if any are.
     #[serde(default = "default_checkpoint_secs")]
     pub checkpoint_every_secs: u64,
+    /// Entries of the own-votes journal (one per flush of the event loop with votes) after which
+    /// it is compacted: the votes at the slots still undecided are rewritten as one entry.
+    #[serde(default = "default_vote_journal_compaction")]
+    pub vote_journal_compaction: u64,
     /// Seconds the next operator waits for a confirmed anchor before anchoring itself.
     #[serde(default = "default_anchor_timeout")]
     pub anchor_timeout_secs: u64,
@@ -176,6 +180,11 @@ fn default_window() -> u64 {
 
 fn default_round_timeout() -> u64 {
     1_000
+}
+
+/// Some 20 s at the max rate, where a compaction rewrites the votes of some 500 undecided slots.
+fn default_vote_journal_compaction() -> u64 {
+    1_024
 }
 
 /// One federation member: identity and addresses.

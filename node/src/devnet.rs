@@ -34,6 +34,8 @@ pub struct InitOptions {
     pub checkpoint_every_secs: u64,
     /// Anchor failover delay.
     pub anchor_timeout_secs: u64,
+    /// Own-votes journal entries between compactions.
+    pub vote_journal_compaction: u64,
     /// A bitcoind for every operator (each gets its own wallet on it).
     pub bitcoin: Option<BitcoinConfig>,
     /// Requests per second per client on each operator's API (0: no limit).
@@ -54,6 +56,7 @@ impl InitOptions {
             checkpoint_every_events: 1_000,
             checkpoint_every_secs: 60,
             anchor_timeout_secs: 600,
+            vote_journal_compaction: 1_024,
             bitcoin: None,
             http_rate_per_sec: 100,
             http_header_timeout_secs: 10,
@@ -148,6 +151,7 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<()> {
             checkpoint_every_events: opts.checkpoint_every_events,
             checkpoint_every_secs: opts.checkpoint_every_secs,
             anchor_timeout_secs: opts.anchor_timeout_secs,
+            vote_journal_compaction: opts.vote_journal_compaction,
             bitcoin: opts.bitcoin.clone(),
             http_rate_per_sec: opts.http_rate_per_sec,
             http_burst: opts.http_rate_per_sec.saturating_mul(2),

@@ -128,6 +128,7 @@ pub async fn start(
             payments,
             timestamp_window_ms: config.timestamp_window_secs * 1000,
             round_timeout: Duration::from_millis(config.round_timeout_ms),
+            vote_journal_compaction: config.vote_journal_compaction,
             clock: now_ms,
             checkpoints: CheckpointConfig {
                 every_events: config.checkpoint_every_events.max(1),

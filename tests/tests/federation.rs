@@ -609,7 +609,9 @@ fn reqwest_client() -> reqwest::Client {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_under_load_loses_nothing_and_never_double_votes() -> Result<()> {
-    let mut h = Harness::start(BIN, 4, 3).await?;
+    // The own-votes journal compacted every few flushes, so that operators are killed between
+    // compactions and restart from compacted journals.
+    let mut h = Harness::start_with(BIN, 4, 3, |o| o.vote_journal_compaction = 8).await?;
     let m = manufacturer(&h, 0).await?;
     let owner = h.author();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -794,8 +796,15 @@ async fn sigkill_under_load_loses_nothing_and_never_double_votes() -> Result<()>
         sets.iter().all(|s| *s == sets[0]),
         "operators hold different certified events"
     );
+    let mut compactions = 0.0;
+    for i in 0..4 {
+        compactions += h
+            .metric(i, "hallmark_store_vote_journal_compactions_total")
+            .await?;
+    }
+    assert!(compactions >= 1.0, "no own-votes journal was compacted");
     println!(
-        "sigkill soak: {rounds} rounds, {} events acknowledged, identical logs of {len} certified events on all operators",
+        "sigkill soak: {rounds} rounds, {} events acknowledged, identical logs of {len} certified events on all operators, {compactions} journal compactions since the last restarts",
         acked.len()
     );
     Ok(())

@@ -202,6 +202,8 @@ pub struct EngineConfig {
     pub timestamp_window_ms: u64,
     /// Base round timeout.
     pub round_timeout: Duration,
+    /// Own-votes journal entries after which it is compacted (`store/votes.rs`).
+    pub vote_journal_compaction: u64,
     /// The operator's clock (ms since the epoch).
     pub clock: fn() -> u64,
     /// Checkpoint and anchoring schedule.
@@ -613,7 +615,8 @@ impl Engine {
         let r = self
             .retry_deferred_proposals()
             .and_then(|()| self.maybe_propose())
-            .and_then(|()| self.anchor_duty());
+            .and_then(|()| self.anchor_duty())
+            .and_then(|()| self.compact_own_votes());
         if let Err(e) = r {
             error!("store error: {e}");
         }
@@ -644,6 +647,17 @@ impl Engine {
         metrics::HELD_VOTES.set(held as i64);
         metrics::PENDING_SLOTS.set(self.slots.len() as i64);
         metrics::STORE_BYTES.set(self.cfg.store.size_on_disk() as i64);
+    }
+
+    /// Compacts the own-votes journal once it has grown by `vote_journal_compaction` entries:
+    /// the votes at the slots still undecided replace the entries (`store/votes.rs`). A slot
+    /// leaves `slots` only when it is decided.
+    fn compact_own_votes(&mut self) -> Result<(), StoreError> {
+        if self.cfg.store.own_votes_since_compaction() < self.cfg.vote_journal_compaction.max(1) {
+            return Ok(());
+        }
+        let open = self.slots.iter().map(|(k, e)| (&k.0, k.1, e.slot.own()));
+        self.cfg.store.compact_own_votes(open)
     }
 
     /// Sends the events this iteration's prevotes introduce (mostly those a client gave this

@@ -29,10 +29,8 @@ impl Engine {
         let me = self.cfg.me;
         let timeout = self.cfg.round_timeout;
         self.slots.entry(key).or_insert_with(|| {
-            let own = store.own_votes(&key.0, key.1).unwrap_or_else(|e| {
-                // Without our earlier votes we could vote twice: refuse to take part.
-                panic!("cannot read own votes at a slot: {e}")
-            });
+            // Our votes there from before a restart (read when the store was opened).
+            let own = store.take_own_votes(&key.0, key.1);
             SlotEntry {
                 slot: Slot::new(cfg, Some(me), own),
                 deadline: Instant::now() + timeout,
