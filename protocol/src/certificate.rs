@@ -207,7 +207,10 @@ impl VerifiedBatch {
     pub fn attestation(&self, index: usize) -> Option<Attestation> {
         Some(Attestation {
             operator: self.operator,
-            path: self.tree.proof(u32::try_from(index).ok()?)?.canonical(),
+            path: self
+                .tree
+                .proof(u32::try_from(index).ok()?)?
+                .into_canonical(),
             signature: self.signature,
         })
     }
@@ -319,7 +322,7 @@ impl Certificate {
                 .into_iter()
                 .take(need)
                 .map(|(_, a)| Attestation {
-                    path: a.path.canonical(),
+                    path: a.path.into_canonical(),
                     ..a
                 })
                 .collect(),

@@ -100,10 +100,13 @@ impl InclusionProof {
     /// can share a path — leaf 2 of 5 leaves and of 7 — and this form makes such proofs
     /// byte-identical. Proofs without a valid shape are returned unchanged.
     pub fn canonical(&self) -> InclusionProof {
-        InclusionProof {
-            total: self.canonical_total(),
-            ..self.clone()
-        }
+        self.clone().into_canonical()
+    }
+
+    /// [`InclusionProof::canonical`], in place (without copying the path).
+    pub fn into_canonical(mut self) -> InclusionProof {
+        self.total = self.canonical_total();
+        self
     }
 
     /// The tree size of [`InclusionProof::canonical`], computed without building any path: the
@@ -287,6 +290,7 @@ mod tests {
                     "{i} of {n}"
                 );
                 assert_eq!(c.canonical(), c, "canonical is a fixed point");
+                assert_eq!(p.clone().into_canonical(), c, "in place, the same");
                 assert_eq!(p.canonical_total(), smallest_size_with_the_path(i, n));
                 // Every size with the same path has the same canonical form.
                 for t in i + 1..=n {

@@ -280,7 +280,7 @@ pub struct Engine {
     items: Fifo<ItemId, Option<ItemState>>,
     /// The last vote batches, by signature (what an [`Attestation`] names its batch by).
     batches: Fifo<Signature, Arc<VerifiedBatch>>,
-    /// The certificates stored last, as stored.
+    /// The commit certificates stored last, as stored (what a late commit vote may improve).
     certificates: Fifo<EventHash, Certificate>,
     /// Round-0 commits held back while a fast certificate may come (`fast.rs`).
     holds: fast::Holds,

@@ -140,17 +140,15 @@ impl Engine {
             if vote.phase == Phase::Commit && decided.is_some_and(|(e, _)| e == vote.event) {
                 self.certify(key, vote.event, vote.round)?;
             }
-        } else if self
-            .certificates
-            .get(&vote.event)
-            .is_some_and(|c| c.phase == Phase::Prevote)
-        {
-            // Certified here on a fast certificate (of the last ones), which no vote improves:
-            // the fate of a commit released after its hold ran out (`fast.rs`). An operator that
-            // committed because it missed a prevote finds the event in a peer's log at its next
-            // catch-up: answering it with the certificate, rebuilt from the stored batches, cost
-            // the loop most of its time at the max rate, where holds run out in races.
         } else if let Some(rank) = self.cfg.store.rank(&vote.event, &self.cfg.federation)? {
+            if rank.1 == Phase::Prevote {
+                // Certified here on a fast certificate, which no vote improves: the fate of a
+                // commit released after its hold ran out (`fast.rs`). An operator that committed
+                // because it missed a prevote finds the event in a peer's log at its next
+                // catch-up: answering it with the certificate, rebuilt from the stored batches,
+                // cost the loop most of its time at the max rate, where holds run out in races.
+                return Ok(());
+            }
             if is_fast_vote(vote) {
                 return self.late_prevote(op, vote.event, held);
             }
@@ -363,6 +361,11 @@ impl Engine {
         let subject = ce.event.subject(hash);
         let height = ce.event.body.height;
         if self.is_certified(&hash, &subject, height)? {
+            // Nothing ranks before a fast certificate (`Certificate::rank`).
+            let rank = self.cfg.store.rank(&hash, &self.cfg.federation)?;
+            if rank.is_some_and(|r| r.1 == Phase::Prevote) {
+                return Ok(());
+            }
             if let Some(stored) = self.stored_certificate(&hash)? {
                 let vote = ce.certificate.vote();
                 self.upgrade_certificate(&stored, vote, ce.certificate.attestations)?;
@@ -434,7 +437,11 @@ impl Engine {
         self.cfg
             .store
             .apply(&subject, ce, &change, rank, &batches)?;
-        self.certificates.insert(hash, ce.certificate.clone());
+        // (Commit certificates only: a late commit vote may improve one; nothing improves a fast
+        // one, whose rank says so.)
+        if ce.certificate.phase == Phase::Commit {
+            self.certificates.insert(hash, ce.certificate.clone());
+        }
         if let StateChange::Item(state) = change {
             self.items.insert(state.id, Some(state));
         }

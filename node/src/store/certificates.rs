@@ -20,8 +20,8 @@ use std::sync::Arc;
 
 use foldhash::HashMap;
 use hallmark_protocol::{
-    Attestation, BatchVote, Certificate, DecodeError, EventHash, Federation, MerkleRoot, Phase,
-    Rank, VerifiedBatch,
+    BatchVote, Certificate, DecodeError, EventHash, Federation, MerkleRoot, Phase, Rank,
+    VerifiedBatch,
 };
 use rocksdb::WriteBatch;
 use serde::{Deserialize, Serialize};
@@ -187,10 +187,8 @@ impl Store {
             let a = batch
                 .attestation(index as usize)
                 .ok_or_else(|| corrupt(Column::CertificateRefs, "vote index beyond its batch"))?;
-            attestations.push(Attestation {
-                path: a.path.canonical(),
-                ..a
-            });
+            // (Canonical already: `VerifiedBatch::attestation` builds it so.)
+            attestations.push(a);
         }
         Ok(Some(Certificate {
             event: *hash,
