@@ -156,18 +156,42 @@ impl Harness {
 
     /// Waits until every operator is up and connected to all others; the error carries the end
     /// of every operator's log.
-    async fn wait_all_connected(&self) -> Result<()> {
+    async fn wait_all_connected(&mut self) -> Result<()> {
         let n = self.peers.len();
-        for i in 0..n {
-            if let Err(e) = self.wait_connected(i, n as i64 - 1).await {
-                let logs: Vec<String> = (0..n)
-                    .filter(|&j| j != i)
-                    .map(|j| self.log_tail(j))
-                    .collect();
-                return Err(e.context(logs.join("\n")));
+        let clients: Vec<Client> = (0..n).map(|i| self.client(i)).collect();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            // The first operator not yet connected to every other, if any.
+            let mut waiting = None;
+            for (i, c) in clients.iter().enumerate() {
+                let peers = c
+                    .info()
+                    .await
+                    .ok()
+                    .and_then(|v| v["peers_connected"].as_i64());
+                if peers.is_none_or(|p| p < n as i64 - 1) {
+                    waiting = Some(i);
+                    break;
+                }
             }
+            let Some(i) = waiting else { return Ok(()) };
+            // An operator that exited will never connect: say so at once (the caller starts
+            // again on other ports) rather than after the timeout.
+            let exited = self.any_exited();
+            if exited || Instant::now() > deadline {
+                let logs: Vec<String> = (0..n).map(|j| self.log_tail(j)).collect();
+                let why = if exited {
+                    "an operator process exited at start".to_string()
+                } else {
+                    format!(
+                        "timed out after 30 s waiting for operator {i} to see {} peers",
+                        n - 1
+                    )
+                };
+                bail!("{why}\n{}", logs.join("\n"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Ok(())
     }
 
     /// Whether an operator process this harness started has exited.

@@ -160,10 +160,8 @@ impl Store {
         &self,
         slots: impl IntoIterator<Item = (&'a Subject, u64, &'a OwnVotes)>,
     ) -> Result<(), StoreError> {
-        let entry: Entry = slots
-            .into_iter()
-            .map(|(s, h, v)| (*s, h, v.clone()))
-            .collect();
+        // (Encoded from references: the same bytes as an `Entry`.)
+        let entry: Vec<(&Subject, u64, &OwnVotes)> = slots.into_iter().collect();
         if entry.is_empty() {
             return Ok(());
         }
