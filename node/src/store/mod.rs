@@ -3,9 +3,10 @@
 //! changes in one `WriteBatch`.
 //!
 //! Durability: the operator's own votes are written with `sync` (fsync) before they are sent,
-//! grouped per flush (one entry of a journal, `votes.rs`), so neither a crash nor a power loss can make it vote twice. Certified events
-//! go through the WAL without fsync: that survives a killed process (the OS keeps the log), and
-//! after a power loss anything lost is fetched back from peers.
+//! grouped per flush (one entry of a journal, `votes.rs`), so neither a crash nor a power loss
+//! can make it vote twice. Certified events go through the WAL without fsync: that survives a
+//! killed process (the OS keeps the log), and after a power loss anything lost is fetched back
+//! from peers.
 
 use std::collections::BTreeMap;
 use std::path::Path;
