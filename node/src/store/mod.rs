@@ -417,9 +417,7 @@ impl Store {
                     SCHEMA_VERSION.to_be_bytes(),
                 );
             }
-            let mut wo = WriteOptions::default();
-            wo.set_sync(true);
-            store.db.write_opt(b, &wo)?;
+            store.write_synced(b)?;
         }
         // Dropped only once the store says version 3 or later (synced above): a crash before leaves a
         // version 2 store with its column, which either build reads right. (Likewise the votes
@@ -488,6 +486,14 @@ impl Store {
         self.db
             .cf_handle(c.name())
             .expect("every Column is created when the store is opened")
+    }
+
+    /// Writes `batch` with fsync.
+    fn write_synced(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(batch, &wo)?;
+        Ok(())
     }
 
     fn get_raw(&self, c: Column, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {

@@ -16,7 +16,7 @@ use foldhash::HashMap;
 use hallmark_protocol::consensus::OwnVotes;
 use hallmark_protocol::encoding::decode_stored;
 use hallmark_protocol::{encode, ItemId, ManufacturerId, OfferId, Subject};
-use rocksdb::{IteratorMode, WriteBatch, WriteOptions};
+use rocksdb::{IteratorMode, WriteBatch};
 
 use super::{Column, Store, StoreError};
 
@@ -67,8 +67,8 @@ impl Store {
     }
 
     /// Reads the journal (and the votes of a version 4 store, `legacy`) when the store is
-    /// opened, keeping the votes at slots still undecided. Returns whether legacy votes were read
-    /// (they are written into the journal by [`Store::write_restored`]).
+    /// opened, keeping the votes at slots still undecided (legacy votes are then written into
+    /// the journal by [`Store::write_restored`]).
     pub(super) fn load_own_votes(&self, legacy: bool) -> Result<(), StoreError> {
         let mut restored: HashMap<(Subject, u64), OwnVotes> = HashMap::default();
         if legacy {
@@ -123,11 +123,11 @@ impl Store {
         let mut next_heights: HashMap<Subject, u64> = HashMap::default();
         let mut kept = HashMap::default();
         for ((subject, height), v) in votes {
-            let next = match next_heights.get(&subject) {
-                Some(n) => *n,
-                None => *next_heights
-                    .entry(subject)
-                    .or_insert(self.next_height(&subject)?),
+            let next = match next_heights.entry(subject) {
+                std::collections::hash_map::Entry::Occupied(e) => *e.get(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    *e.insert(self.next_height(&subject)?)
+                }
             };
             if height >= next {
                 kept.insert((subject, height), v);
@@ -217,13 +217,6 @@ impl Store {
         journal.next = seq + 1;
         journal.since_compaction = 0;
         crate::metrics::VOTE_JOURNAL_COMPACTIONS.inc();
-        Ok(())
-    }
-
-    fn write_synced(&self, batch: WriteBatch) -> Result<(), StoreError> {
-        let mut wo = WriteOptions::default();
-        wo.set_sync(true);
-        self.db.write_opt(batch, &wo)?;
         Ok(())
     }
 }
